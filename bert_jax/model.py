@@ -1,0 +1,262 @@
+"""BERT in Flax linen: embeddings, attention, post-LN encoder, pooler, MLM and NSP heads.
+
+Parameters carry logical axis names ('vocab', 'embed', 'heads', 'kv', 'mlp', 'layers') that
+`bert_jax.sharding` maps onto a device mesh. Activations are constrained at block boundaries
+to ('batch', 'length', 'embed').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Hyper-parameters of a BERT encoder; validated on construction."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    dtype: str = "float32"  # compute dtype: 'bfloat16' on TPU/GPU
+    param_dtype: str = "float32"
+    scan_layers: bool = False  # nn.scan over the layers: one compiled layer body
+    remat: bool = False  # recompute layer activations in the backward pass
+    attention_impl: str = "auto"  # jax.nn.dot_product_attention implementation: auto, xla, cudnn
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"BertConfig.{name} must be one of {sorted(_DTYPES)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.attention_impl not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"BertConfig.attention_impl must be 'auto', 'xla' or 'cudnn', "
+                             f"got {self.attention_impl!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        """Builds a config from a mapping (e.g. an ml_collections `config.model`)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown model config field(s) {unknown}; expected some of {sorted(fields)}")
+        return cls(**dict(values))
+
+    def check_sequence_length(self, length: int) -> None:
+        """Raises if `length` tokens do not fit the position embeddings."""
+        if length > self.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings="
+                             f"{self.max_position_embeddings}")
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    @property
+    def params_dtype(self):
+        return _DTYPES[self.param_dtype]
+
+
+def _init(config: BertConfig, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def _zeros(axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.params_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros(("embed",)), name=name)
+
+
+def _dense(config: BertConfig, features, axes, name, axis=-1) -> nn.DenseGeneral:
+    num_out = len(features) if isinstance(features, tuple) else 1
+    return nn.DenseGeneral(
+        features, axis=axis, dtype=config.compute_dtype, param_dtype=config.params_dtype,
+        kernel_init=_init(config, axes), bias_init=_zeros(axes[-num_out:]), name=name)
+
+
+def _constrain(x):
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None, implementation=None):
+    """Multi-head attention over [batch, length, heads, head_dim] inputs with a boolean key mask.
+
+    Without dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when
+    `implementation='cudnn'`). That function has no dropout on the attention probabilities, which
+    the original BERT uses while training, so with dropout the scores are computed explicitly.
+    `mask` is [batch, 1, 1, kv_length] (True = attend).
+    """
+    if dropout_rng is None or dropout_rate == 0.0:
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+    scale = query.shape[-1] ** -0.5
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) * scale
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+
+
+class Embeddings(nn.Module):
+    """Token + learned position + segment embeddings, LayerNorm and dropout."""
+
+    config: BertConfig
+
+    def setup(self):
+        c = self.config
+        embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=c.compute_dtype,
+                                  param_dtype=c.params_dtype)
+        self.word_embeddings = embed(c.vocab_size, embedding_init=_init(c, ("vocab", "embed")))
+        self.position_embeddings = embed(c.max_position_embeddings,
+                                         embedding_init=_init(c, ("position", "embed")))
+        self.token_type_embeddings = embed(c.type_vocab_size,
+                                           embedding_init=_init(c, ("segment", "embed")))
+        self.layer_norm = _layer_norm(c, "LayerNorm")
+        self.dropout = nn.Dropout(c.hidden_dropout)
+
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return _constrain(self.dropout(self.layer_norm(x), deterministic=deterministic))
+
+    def attend(self, hidden):
+        """Projects hidden states onto the vocabulary with the tied word embedding."""
+        return self.word_embeddings.attend(hidden)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)), as in the original BERT."""
+
+    config: BertConfig
+    scanned: bool = False  # return (x, None), the carry signature that nn.scan expects
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        c = self.config
+        head_dim = c.hidden_size // c.num_heads
+        qkv_shape = (c.num_heads, head_dim)
+        q, k, v = (_dense(c, qkv_shape, ("embed", "heads", "kv"), name)(x)
+                   for name in ("query", "key", "value"))
+        use_dropout = not deterministic and c.attention_dropout > 0.0
+        context = attention(q, k, v, mask, dropout_rate=c.attention_dropout,
+                            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+                            implementation=None if c.attention_impl == "auto" else c.attention_impl)
+        attn_out = _dense(c, c.hidden_size, ("heads", "kv", "embed"), "attention_output",
+                          axis=(-2, -1))(context)
+        attn_out = nn.Dropout(c.hidden_dropout)(attn_out, deterministic=deterministic)
+        x = _constrain(_layer_norm(c, "attention_norm")(x + attn_out))
+        h = _dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(x)
+        h = nn.with_logical_constraint(nn.gelu(h, approximate=False), ("batch", "length", "mlp"))
+        h = _dense(c, c.hidden_size, ("mlp", "embed"), "output")(h)
+        h = nn.Dropout(c.hidden_dropout)(h, deterministic=deterministic)
+        x = _constrain(_layer_norm(c, "output_norm")(x + h))
+        return (x, None) if self.scanned else x
+
+
+class Encoder(nn.Module):
+    """A stack of `num_layers` encoder layers, optionally scanned and rematerialised."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        c = self.config
+        layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if c.remat else EncoderLayer
+        if c.scan_layers:
+            scanned = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                              metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = scanned(c, scanned=True, name="layers")(x, mask, deterministic)
+            return x
+        for i in range(c.num_layers):
+            x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic)
+        return x
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: returns (sequence_output [B, S, H], pooled_output [B, H])."""
+
+    config: BertConfig
+
+    def setup(self):
+        self.embeddings = Embeddings(self.config)
+        self.encoder = Encoder(self.config)
+        self.pooler = _dense(self.config, self.config.hidden_size, ("embed", "embed_out"), "pooler")
+
+    def __call__(self, input_ids, input_mask=None, token_type_ids=None, deterministic: bool = True):
+        self.config.check_sequence_length(input_ids.shape[1])
+        if input_mask is None:
+            input_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, deterministic)
+        mask = input_mask.astype(bool)[:, None, None, :]
+        sequence_output = self.encoder(x, mask, deterministic)
+        pooled_output = jnp.tanh(self.pooler(sequence_output[:, 0]))
+        return sequence_output, pooled_output
+
+
+def gather_positions(sequence, positions):
+    """Picks rows `positions` [B, P] out of `sequence` [B, S, H] -> [B, P, H]."""
+    return jnp.take_along_axis(sequence, positions[..., None].astype(jnp.int32), axis=1)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the masked-LM head (tied decoder) and the next-sentence head.
+
+    The MLM head runs only at `masked_lm_positions` [B, P] (all positions when None), so the
+    vocabulary projection costs P/S of the dense version. Returns (mlm_logits [B, P, V] float32,
+    nsp_logits [B, 2] float32).
+    """
+
+    config: BertConfig
+
+    def setup(self):
+        c = self.config
+        self.bert = BertModel(c)
+        self.mlm_transform = _dense(c, c.hidden_size, ("embed", "embed_out"), "mlm_transform")
+        self.mlm_norm = _layer_norm(c, "mlm_norm")
+        self.mlm_bias = self.param("mlm_bias", _zeros(("vocab",)), (c.vocab_size,), c.params_dtype)
+        self.nsp = _dense(c, 2, ("embed", None), "nsp")
+
+    def __call__(self, input_ids, input_mask=None, token_type_ids=None, masked_lm_positions=None,
+                 deterministic: bool = True):
+        sequence_output, pooled_output = self.bert(input_ids, input_mask, token_type_ids, deterministic)
+        if masked_lm_positions is not None:
+            sequence_output = gather_positions(sequence_output, masked_lm_positions)
+        h = self.mlm_norm(nn.gelu(self.mlm_transform(sequence_output), approximate=False))
+        mlm_logits = self.bert.embeddings.attend(h).astype(jnp.float32) + self.mlm_bias
+        nsp_logits = self.nsp(pooled_output).astype(jnp.float32)
+        return mlm_logits, nsp_logits
