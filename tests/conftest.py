@@ -5,3 +5,42 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+
+_NOUNS = ["서울", "부산", "한국", "조선", "학교", "도서관", "대학교", "정부", "국회", "법률", "헌법", "시민",
+          "역사", "문화", "경제", "과학", "음악", "영화", "바다", "산", "강", "도시", "마을", "사람", "학생",
+          "선생님", "의사", "군인", "장군", "왕", "나라", "회사", "시장", "기차", "자동차", "비행기", "전쟁"]
+_PARTICLES = ["은", "는", "이", "가", "을", "를", "의", "에서", "으로", "와", "과", "도"]
+_ENDINGS = ["이다.", "있다.", "없다.", "되었다.", "하였다.", "만들었다.", "보았다.", "갔다.", "왔다.", "좋다."]
+
+
+def make_korean_corpus(path, documents=120, seed=0):
+    """Writes plain text (a sentence per line, blank line between documents) of Korean sentences."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(documents):
+        topic = rng.choice(_NOUNS)
+        for _ in range(rng.randint(1, 9)):
+            words = [topic + rng.choice(_PARTICLES)]
+            words += [rng.choice(_NOUNS) + rng.choice(_PARTICLES) for _ in range(rng.randint(1, 6))]
+            lines.append(" ".join(words) + " " + rng.choice(_ENDINGS))
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def korean_corpus(tmp_path_factory):
+    return make_korean_corpus(tmp_path_factory.mktemp("corpus") / "ko.txt")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, korean_corpus):
+    from bert_jax import tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "unigram"
+    tokenizer.train([str(korean_corpus)], str(out), vocab_size=100, model_type="unigram")
+    return str(out)

@@ -1,0 +1,105 @@
+"""The `bert-jax` command line: parses arguments, then calls library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _train_tokenizer(args) -> None:
+    from bert_jax import tokenizer
+
+    tok = tokenizer.train(args.input, args.output, vocab_size=args.vocab_size,
+                          model_type=args.model_type, character_coverage=args.character_coverage,
+                          input_sentence_size=args.input_sentence_size, lowercase=args.lowercase,
+                          seed=args.seed)
+    print(f"wrote {args.output}: {tok.model_type} tokenizer, {tok.vocab_size} tokens, "
+          f"fingerprint {tok.fingerprint}")
+
+
+def _prepare_data(args) -> None:
+    from bert_jax.pretraining_data import DataSettings, prepare_data
+
+    settings = DataSettings(
+        max_seq_length=args.max_seq_length, pair_task=args.pair_task, short_seq_prob=args.short_seq_prob,
+        masking=args.masking, dupe_factor=args.dupe_factor, mask_prob=args.mask_prob,
+        max_predictions_per_seq=args.max_predictions_per_seq, eval_fraction=args.eval_fraction,
+        num_shards=args.num_shards, seed=args.seed, docs_per_chunk=args.docs_per_chunk,
+        text_field=args.text_field)
+    metadata = prepare_data(args.input, args.tokenizer, args.output, settings, workers=args.workers,
+                            progress=not args.quiet)
+    summary = metadata["summary"]
+    print(json.dumps({"output": args.output,
+                      "train_examples": metadata["splits"]["train"]["examples"],
+                      "eval_examples": metadata["splits"]["eval"]["examples"]} | summary,
+                     ensure_ascii=False, indent=1))
+
+
+def _add_tokenizer_parser(subparsers) -> None:
+    p = subparsers.add_parser("train-tokenizer", help="train a SentencePiece or WordPiece tokenizer")
+    p.add_argument("--input", nargs="+", required=True, help="text files, globs or tfds:NAME")
+    p.add_argument("--output", required=True, help="tokenizer directory to create")
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--model-type", choices=["unigram", "bpe", "wordpiece"], default="unigram")
+    p.add_argument("--character-coverage", type=float, default=0.9995,
+                   help="share of characters covered by the vocabulary (0.9995 suits Korean)")
+    p.add_argument("--input-sentence-size", type=int, default=2_000_000,
+                   help="sentences sampled from the corpus for training")
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_train_tokenizer)
+
+
+def _add_prepare_parser(subparsers) -> None:
+    p = subparsers.add_parser("prepare-data", help="turn raw text into pretraining TFRecord shards")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="plain text (a sentence per line, blank line between documents), .jsonl, "
+                        "globs, or tfds:NAME[:SPLIT]")
+    p.add_argument("--tokenizer", required=True, help="directory from train-tokenizer")
+    p.add_argument("--output", required=True, help="data directory to create")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--pair-task", choices=["nsp", "sop", "none"], default="nsp")
+    p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument("--masking", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--dupe-factor", type=int, default=1)
+    p.add_argument("--mask-prob", type=float, default=0.15)
+    p.add_argument("--max-predictions-per-seq", type=int, default=20)
+    p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents for eval")
+    p.add_argument("--num-shards", type=int, default=0, help="train shards (0 = by input size)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--docs-per-chunk", type=int, default=128)
+    p.add_argument("--text-field", default="text", help="field of JSON lines / tfds records")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_prepare_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_tokenizer_parser(subparsers)
+    _add_prepare_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bert-jax` console script."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_overrides", False):
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = unknown
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"bert-jax {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Streaming corpus readers: plain text, JSON lines and TensorFlow Datasets, with cleaning.
+
+Every reader yields documents as lists of sentences and counts what it repaired or skipped in a
+`CorpusStats`, so bad input is reported, never silently lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import re
+import unicodedata
+from typing import Iterable, Iterator
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。？！])\s+")
+_BOM = "\ufeff"
+
+
+class CorpusStats(collections.Counter):
+    """Counts of documents, sentences, repairs and skipped lines (by reason)."""
+
+
+def expand_inputs(patterns: Iterable[str]) -> list[str]:
+    """Expands files and globs into a sorted, de-duplicated file list; tfds: names pass through."""
+    files: list[str] = []
+    for pattern in patterns:
+        if pattern.startswith("tfds:"):
+            files.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if not os.path.isdir(m)]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise FileNotFoundError(f"--input {pattern}: no such file")
+        files.extend(matches)
+    if not files:
+        raise ValueError("--input: no input files given")
+    return list(dict.fromkeys(files))
+
+
+def split_long(text: str, max_chars: int) -> list[str]:
+    """Splits text longer than `max_chars` at the last space before the limit (hard cut if none)."""
+    pieces = []
+    while len(text) > max_chars:
+        cut = text.rfind(" ", max_chars // 2, max_chars)
+        cut = max_chars if cut <= 0 else cut
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+def split_sentences(text: str, max_chars: int) -> list[str]:
+    """Splits running text into sentences after sentence-final punctuation, then long ones by length."""
+    sentences = []
+    for paragraph in text.splitlines():
+        for sentence in _SENTENCE_END.split(paragraph.strip()):
+            sentences.extend(split_long(sentence, max_chars) if sentence else [])
+    return sentences
+
+
+def clean_line(raw: bytes, stats: CorpusStats) -> str | None:
+    """Decodes one raw line: drops CR, NUL and BOM, replaces invalid UTF-8, rejects binary junk."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+        stats["crlf_line_endings"] += 1
+    if b"\x00" in raw:
+        stats["nul_bytes_removed"] += raw.count(b"\x00")
+        raw = raw.replace(b"\x00", b"")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        stats["lines_with_invalid_utf8_repaired"] += 1
+    if text.startswith(_BOM):
+        text = text[1:]
+        stats["byte_order_marks_removed"] += 1
+    text = unicodedata.normalize("NFC", text).strip()
+    if text and _looks_binary(text):
+        stats["skipped_binary_lines"] += 1
+        return None
+    return text
+
+
+def _looks_binary(text: str) -> bool:
+    bad = sum(1 for ch in text if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch != "\t"))
+    return bad > 0.3 * len(text)
+
+
+def read_plain_text(path: str, stats: CorpusStats, max_chars: int) -> Iterator[list[str]]:
+    """One sentence per line, a blank line between documents."""
+    document: list[str] = []
+    with open(path, "rb") as f:
+        for raw in f:
+            stats["bytes_read"] += len(raw)
+            text = clean_line(raw.rstrip(b"\n"), stats)
+            if text is None:
+                continue
+            if not text:
+                if document:
+                    yield document
+                document = []
+                continue
+            pieces = split_long(text, max_chars)
+            stats["long_lines_split"] += len(pieces) > 1
+            document.extend(pieces)
+    if document:
+        yield document
+
+
+def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
+    """One JSON object per line; `text_field` holds a whole document."""
+    with open(path, "rb") as f:
+        for raw in f:
+            stats["bytes_read"] += len(raw)
+            text = clean_line(raw.rstrip(b"\n"), stats)
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+                body = record[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                stats[f"skipped_json_lines_without_{text_field}"] += 1
+                continue
+            if isinstance(body, str) and body.strip():
+                yield split_sentences(unicodedata.normalize("NFC", body), max_chars)
+
+
+def read_tfds(name: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
+    """A TensorFlow Datasets text corpus such as `tfds:wikipedia/20230601.ko` (split 'train')."""
+    import tensorflow_datasets as tfds
+
+    name, _, split = name.removeprefix("tfds:").partition(":")
+    dataset = tfds.load(name, split=split or "train", shuffle_files=False)
+    for record in tfds.as_numpy(dataset):
+        if text_field not in record:
+            raise ValueError(f"tfds:{name} has no field '{text_field}'; it has {sorted(record)}")
+        text = unicodedata.normalize("NFC", bytes(record[text_field]).decode("utf-8", errors="replace"))
+        if text.strip():
+            yield split_sentences(text, max_chars)
+
+
+def read_documents(inputs: list[str], stats: CorpusStats, max_chars: int = 2000,
+                   text_field: str = "text") -> Iterator[list[str]]:
+    """Documents (lists of sentences) from every input in order: .jsonl/.json as JSON lines,
+    `tfds:NAME` from TensorFlow Datasets, anything else as plain text."""
+    for path in inputs:
+        if path.startswith("tfds:"):
+            documents = read_tfds(path, stats, max_chars, text_field)
+        elif path.endswith((".jsonl", ".json", ".jsonl.txt")):
+            documents = read_json_lines(path, stats, max_chars, text_field)
+        else:
+            documents = read_plain_text(path, stats, max_chars)
+        for document in documents:
+            stats["documents"] += 1
+            stats["sentences"] += len(document)
+            yield document

@@ -1,0 +1,95 @@
+"""Whole-word masked-LM masking (BERT's 80/10/10), vectorised over a batch, pure numpy.
+
+Shared by `prepare-data` (static masking) and the tf.data input pipeline (dynamic masking).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+    """What to mask: share of real tokens, slots per sequence and the vocabulary layout."""
+
+    mask_prob: float
+    max_predictions: int
+    vocab_size: int
+    mask_id: int
+    special_ids: tuple[int, ...]  # never masked, never drawn as random replacements
+    mask_token_rate: float = 0.8  # masked words shown as [MASK]
+    random_token_rate: float = 0.1  # masked words shown as random tokens; the rest stay unchanged
+
+    def __post_init__(self):
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.max_predictions <= 0:
+            raise ValueError(f"max_predictions_per_seq must be positive, got {self.max_predictions}")
+        if sorted(self.special_ids) != list(range(len(self.special_ids))):
+            raise ValueError(f"special ids must be 0..{len(self.special_ids) - 1}, got {self.special_ids}")
+
+
+def mask_batch(input_ids: np.ndarray, word_starts: np.ndarray, rng: np.random.Generator,
+               config: MaskingConfig) -> dict[str, np.ndarray]:
+    """Masks whole words in `input_ids` [B, S] (0 = [PAD] after the real tokens).
+
+    Per sequence, `min(max_predictions, max(1, round(n * mask_prob)))` tokens are predicted, where
+    n counts real non-special tokens; words are drawn in random order and taken whole while they
+    fit the budget (as google-research/bert). Each chosen word is then, as a whole, replaced by
+    [MASK] (80%), by random non-special tokens (10%) or left unchanged (10%).
+    Returns `input_ids` (masked), `masked_lm_positions`, `masked_lm_ids` and `masked_lm_weights`
+    (1.0 for real predictions, 0.0 for padding slots), each [B, max_predictions].
+    """
+    ids = np.asarray(input_ids, dtype=np.int32)
+    batch, length = ids.shape
+    rows = np.arange(batch)[:, None]
+    candidate = ids >= len(config.special_ids)
+    previous_candidate = np.concatenate([np.zeros((batch, 1), bool), candidate[:, :-1]], axis=1)
+    starts = candidate & (np.asarray(word_starts, bool) | ~previous_candidate)
+    word_of = np.cumsum(starts, axis=1) - 1  # word index of each position (valid on candidates)
+    num_words = starts.sum(axis=1)
+    word_lengths = np.zeros((batch, length + 1), np.int32)
+    np.add.at(word_lengths, (np.broadcast_to(rows, ids.shape)[candidate], word_of[candidate]), 1)
+
+    num_candidates = candidate.sum(axis=1)
+    budget = np.minimum(config.max_predictions,
+                        np.maximum(1, np.floor(num_candidates * config.mask_prob + 0.5))).astype(np.int32)
+    budget = np.where(num_candidates > 0, budget, 0)
+
+    order = np.argsort(np.where(np.arange(length)[None, :] < num_words[:, None],
+                                rng.random((batch, length)), np.inf), axis=1)
+    chosen = np.zeros((batch, length + 1), bool)
+    used = np.zeros(batch, np.int32)
+    for k in range(int(num_words.max(initial=0))):
+        word = order[:, k]
+        size = word_lengths[rows[:, 0], word]
+        take = (k < num_words) & (used + size <= budget)
+        chosen[rows[:, 0], word] |= take
+        used += np.where(take, size, 0)
+        if np.all(used >= budget):
+            break
+
+    selected = candidate & np.take_along_axis(chosen, np.where(candidate, word_of, length), axis=1)
+    action = np.take_along_axis(rng.random((batch, length + 1)), np.where(candidate, word_of, length), axis=1)
+    to_mask = selected & (action < config.mask_token_rate)
+    to_random = selected & (action >= config.mask_token_rate) & (
+        action < config.mask_token_rate + config.random_token_rate)
+    random_ids = rng.integers(len(config.special_ids), config.vocab_size, ids.shape, dtype=np.int32)
+    masked = np.where(to_mask, config.mask_id, np.where(to_random, random_ids, ids))
+
+    slots = min(config.max_predictions, length)
+    positions = np.argsort(~selected, axis=1, kind="stable")[:, :slots]
+    weights = np.take_along_axis(selected, positions, axis=1)
+    pad = config.max_predictions - slots
+    positions = np.pad(np.where(weights, positions, 0), ((0, 0), (0, pad)))
+    labels = np.where(np.pad(weights, ((0, 0), (0, pad))),
+                      np.take_along_axis(ids, positions, axis=1), 0)
+    weights = np.pad(weights, ((0, 0), (0, pad)))
+    return {
+        "input_ids": masked.astype(np.int32),
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": labels.astype(np.int32),
+        "masked_lm_weights": weights.astype(np.float32),
+    }
