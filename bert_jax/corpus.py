@@ -84,9 +84,11 @@ def clean_line(raw: bytes, stats: CorpusStats) -> str | None:
     return text
 
 
+_JUNK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffd]")  # control characters but tab, U+FFFD
+
+
 def _looks_binary(text: str) -> bool:
-    bad = sum(1 for ch in text if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch != "\t"))
-    return bad > 0.3 * len(text)
+    return len(_JUNK.findall(text)) > 0.3 * len(text)
 
 
 def read_plain_text(path: str, stats: CorpusStats, max_chars: int) -> Iterator[list[str]]:

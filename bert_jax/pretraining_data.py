@@ -10,6 +10,7 @@ the corpus. Everything is written into a staging directory that is renamed when 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import multiprocessing
@@ -83,24 +84,27 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer, limit: int,
                         stats: Counter) -> list[list[np.ndarray]]:
-    flat = [sentence for document in documents for sentence in document]
-    encoded = tok.encode_batch(flat)
+    """Token arrays per sentence per document; sentences longer than `limit` are split."""
+    encoded = tok.encode_batch([sentence for document in documents for sentence in document])
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
+    stats["tokens"] += len(flat)
+    stats["unk_tokens"] += int((flat == tok.unk_id).sum())
+    stats["sentences_without_tokens"] += int((lengths == 0).sum())
+    sentences = np.split(flat, np.cumsum(lengths)[:-1]) if len(encoded) else []
     result, k = [], 0
     for document in documents:
-        sentences = []
-        for ids in encoded[k:k + len(document)]:
-            ids = np.asarray(ids, np.int32)
-            if not len(ids):
-                stats["sentences_without_tokens"] += 1
-                continue
-            stats["tokens"] += len(ids)
-            stats["unk_tokens"] += int((ids == tok.unk_id).sum())
-            pieces = instances.split_long_segment(ids, tok.is_word_start[ids], limit)
-            stats["long_sentences_split"] += len(pieces) > 1
-            sentences.extend(pieces)
+        pieces = []
+        for ids in sentences[k:k + len(document)]:
+            if len(ids) > limit:
+                split = instances.split_long_segment(ids, tok.is_word_start[ids], limit)
+                stats["long_sentences_split"] += 1
+                pieces.extend(split)
+            elif len(ids):
+                pieces.append(ids)
         k += len(document)
-        if sentences:
-            result.append(sentences)
+        if pieces:
+            result.append(pieces)
     return result
 
 

@@ -53,34 +53,34 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _entry(name: str, feature: bytes) -> bytes:
-    return _field(1, _field(1, name.encode()) + _field(2, feature))
+def _feature_payloads(values: list[np.ndarray]) -> list[bytes]:
+    """`Feature` messages for one feature across examples (varints of all of them in one pass)."""
+    if np.issubdtype(values[0].dtype, np.floating):
+        return [_field(2, _field(1, v.astype("<f4").tobytes())) for v in values]  # Feature.float_list
+    flat = np.concatenate(values)
+    if flat.size == 0 or (flat.min() >= 0 and flat.max() < 0x80):
+        blob, byte_lengths = flat.astype(np.uint8).tobytes(), np.ones(flat.size, np.int64)
+    else:
+        byte_lengths, blob = _varint_lengths_and_bytes(flat)
+    ends = np.concatenate([[0], np.cumsum(byte_lengths)])[np.cumsum([len(v) for v in values])]
+    starts = np.concatenate([[0], ends[:-1]])
+    return [_field(3, _field(1, blob[a:b])) for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 def serialize_examples(examples: list[dict[str, np.ndarray]]) -> list[bytes]:
-    """Serialised `tf.train.Example`s; integer arrays become int64 lists, float arrays float lists.
-
-    The varints of all integer features of all examples are encoded in one vectorised pass.
-    """
-    arrays = [[np.atleast_1d(v) for v in example.values()] for example in examples]
-    is_int = [[not np.issubdtype(a.dtype, np.floating) for a in row] for row in arrays]
-    ints = [a for row, flags in zip(arrays, is_int) for a, flag in zip(row, flags) if flag]
-    if ints:
-        lengths, blob = _varint_lengths_and_bytes(np.concatenate(ints))
-        ends = np.cumsum(lengths)[np.cumsum([len(a) for a in ints]) - 1]
-        starts = np.concatenate([[0], ends[:-1]])
-    k = 0
+    """Serialised `tf.train.Example`s (all with the same feature names); integer arrays become
+    int64 lists, float arrays float lists."""
+    if not examples:
+        return []
+    names = list(examples[0])
+    if any(list(example) != names for example in examples):
+        raise ValueError("all examples must have the same features in the same order")
+    headers = [_field(1, name.encode()) for name in names]
+    columns = [_feature_payloads([np.atleast_1d(e[name]) for e in examples]) for name in names]
     records = []
-    for example, row, flags in zip(examples, arrays, is_int):
-        entries = []
-        for name, values, flag in zip(example, row, flags):
-            if flag:
-                feature = _field(3, _field(1, blob[starts[k]:ends[k]]))  # Feature.int64_list
-                k += 1
-            else:
-                feature = _field(2, _field(1, values.astype("<f4").tobytes()))  # Feature.float_list
-            entries.append(_entry(name, feature))
-        records.append(_field(1, b"".join(entries)))
+    for features in zip(*columns):
+        entries = b"".join(_field(1, header + _field(2, feature)) for header, feature in zip(headers, features))
+        records.append(_field(1, entries))
     return records
 
 

@@ -268,7 +268,8 @@ class Tokenizer:
         """Token ids of many texts at once, without [CLS]/[SEP]."""
         if self._spm is not None:
             return self._spm.encode(list(texts))
-        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+        encode = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # no offsets: faster
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`."""
