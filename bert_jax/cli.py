@@ -79,11 +79,41 @@ def _add_prepare_parser(subparsers) -> None:
     p.set_defaults(run=_prepare_data)
 
 
+def _pretrain(args) -> None:
+    from bert_jax.config_loading import load_config
+    from bert_jax.train import train_and_evaluate
+
+    config = load_config(args.config, args.overrides)
+    metrics = train_and_evaluate(config, args.data, args.workdir)
+    print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=1))
+
+
+def _evaluate(args) -> None:
+    from bert_jax.train import evaluate_workdir
+
+    print(json.dumps(evaluate_workdir(args.workdir, args.data, args.eval_steps), indent=1))
+
+
+def _add_train_parsers(subparsers) -> None:
+    p = subparsers.add_parser("pretrain", help="pretrain BertForPreTraining on prepared shards",
+                              epilog="Any config field can be overridden: --config.train.num_steps=1000")
+    p.add_argument("--config", required=True, help="configs/*.py file with get_config()")
+    p.add_argument("--data", required=True, help="directory from prepare-data")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and curves go here; resumes if present")
+    p.set_defaults(run=_pretrain, accepts_overrides=True)
+    p = subparsers.add_parser("evaluate", help="evaluate the latest checkpoint of a workdir")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--eval-steps", type=int, default=0, help="eval batches (0 = the whole eval split)")
+    p.set_defaults(run=_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_tokenizer_parser(subparsers)
     _add_prepare_parser(subparsers)
+    _add_train_parsers(subparsers)
     return parser
 
 

@@ -98,11 +98,30 @@ def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
         bias_init=_zeros(("embed",)), name=name)
 
 
-def _dense(config: BertConfig, features, axes, name, axis=-1) -> nn.DenseGeneral:
-    num_out = len(features) if isinstance(features, tuple) else 1
-    return nn.DenseGeneral(
-        features, axis=axis, dtype=config.compute_dtype, param_dtype=config.params_dtype,
-        kernel_init=_init(config, axes), bias_init=_zeros(axes[-num_out:]), name=name)
+class Dense(nn.Module):
+    """y = x . kernel + bias, contracting the last `in_dims` axes of x; `axes` names the kernel's
+    axes (inputs then outputs). Written out rather than nn.DenseGeneral, whose flattened kernel
+    initialisation cannot carry multi-axis logical names under a mesh."""
+
+    config: BertConfig
+    features: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    in_dims: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        kernel_shape = x.shape[x.ndim - self.in_dims:] + self.features
+        kernel = self.param("kernel", _init(c, self.axes), kernel_shape, c.params_dtype)
+        bias = self.param("bias", _zeros(self.axes[self.in_dims:]), self.features, c.params_dtype)
+        x, kernel, bias = x.astype(c.compute_dtype), kernel.astype(c.compute_dtype), bias.astype(c.compute_dtype)
+        contracting = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+        return jax.lax.dot_general(x, kernel, (contracting, ((), ()))) + bias
+
+
+def _dense(config: BertConfig, features, axes, name, in_dims=1) -> Dense:
+    features = features if isinstance(features, tuple) else (features,)
+    return Dense(config, features, axes, in_dims, name=name)
 
 
 def _constrain(x):
@@ -173,8 +192,7 @@ class EncoderLayer(nn.Module):
         context = attention(q, k, v, mask, dropout_rate=c.attention_dropout,
                             dropout_rng=self.make_rng("dropout") if use_dropout else None,
                             implementation=None if c.attention_impl == "auto" else c.attention_impl)
-        attn_out = _dense(c, c.hidden_size, ("heads", "kv", "embed"), "attention_output",
-                          axis=(-2, -1))(context)
+        attn_out = _dense(c, c.hidden_size, ("heads", "kv", "embed"), "attention_output", in_dims=2)(context)
         attn_out = nn.Dropout(c.hidden_dropout)(attn_out, deterministic=deterministic)
         x = _constrain(_layer_norm(c, "attention_norm")(x + attn_out))
         h = _dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(x)

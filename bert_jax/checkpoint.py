@@ -1,0 +1,41 @@
+"""Orbax checkpoints of the train state: async saves, `max_to_keep`, restore onto any mesh."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves (state, rng) per step under `directory`; restores the latest onto given shardings."""
+
+    def __init__(self, directory: str, max_to_keep: int):
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=True)
+        self.manager = ocp.CheckpointManager(directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, rng) -> None:
+        """Starts an asynchronous save of `state` and the base rng at `step`."""
+        meta = {"step": step, "rng": np.asarray(jax.device_get(rng)).tolist()}
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, abstract_state, step: int | None = None):
+        """(state, rng) of `step` (default: the latest) laid out as `abstract_state`
+        (ShapeDtypeStructs with shardings), or None when there is no checkpoint."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            return None
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        rng = jax.numpy.asarray(np.asarray(restored["meta"]["rng"], np.uint32))
+        return restored["state"], rng
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()

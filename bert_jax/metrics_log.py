@@ -1,0 +1,104 @@
+"""Run logs: console lines, TensorBoard events, metrics.jsonl, and curves.png at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import tensorflow as tf
+
+CURVES = (("mlm_loss", "MLM loss"), ("mlm_acc", "MLM accuracy"), ("nsp_loss", "NSP loss"),
+          ("nsp_acc", "NSP accuracy"))
+
+
+def normalize(sums: dict[str, float], prefix: str) -> dict[str, float]:
+    """Weighted sums and denominators -> means: losses, accuracies, perplexity, lr, grad norm."""
+    sums = {k: float(v) for k, v in sums.items()}
+    out = {}
+    mlm = max(sums["mlm_weight"], 1e-9)
+    out[f"{prefix}/mlm_loss"] = sums["mlm_loss_sum"] / mlm
+    out[f"{prefix}/mlm_acc"] = sums["mlm_correct"] / mlm
+    if sums["nsp_weight"] > 0:
+        out[f"{prefix}/nsp_loss"] = sums["nsp_loss_sum"] / sums["nsp_weight"]
+        out[f"{prefix}/nsp_acc"] = sums["nsp_correct"] / sums["nsp_weight"]
+    if prefix == "eval":
+        out["eval/perplexity"] = math.exp(min(out["eval/mlm_loss"], 700.0))
+    if sums.get("steps", 0) > 0:
+        out["train/learning_rate"] = sums["learning_rate"] / sums["steps"]
+        out["train/grad_norm"] = sums["grad_norm"] / sums["steps"]
+    return out
+
+
+class MetricsLogger:
+    """Writes metrics of process 0 to the console, TensorBoard and `metrics.jsonl`."""
+
+    def __init__(self, workdir: str, enabled: bool = True, print_fn=print):
+        self.enabled = enabled
+        self.print_fn = print_fn
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if enabled else None
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.writer.as_default(step=step):
+            for name, value in metrics.items():
+                tf.summary.scalar(name, value)
+        self.writer.flush()
+        with tf.io.gfile.GFile(self.path, "a") as f:
+            f.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
+        self.print_fn(format_line(step, metrics))
+
+
+def format_line(step: int, metrics: dict[str, float]) -> str:
+    """A concise console line, e.g. `step 200 | train mlm_loss 4.12 mlm_acc 0.31 ... | 410 ex/s`."""
+    parts = [f"step {step}"]
+    for prefix in ("train", "eval"):
+        values = [f"{k.split('/')[1]} {v:.4g}" for k, v in metrics.items()
+                  if k.startswith(prefix + "/") and k.split("/")[1] not in ("learning_rate", "grad_norm")]
+        if values:
+            parts.append(f"{prefix} " + " ".join(values))
+    if "train/learning_rate" in metrics:
+        parts.append(f"lr {metrics['train/learning_rate']:.3g} grad_norm {metrics['train/grad_norm']:.3g}")
+    if "perf/examples_per_s" in metrics:
+        perf = f"{metrics['perf/examples_per_s']:.0f} ex/s {metrics['perf/tokens_per_s'] / 1e3:.1f}k tok/s"
+        if "perf/mfu" in metrics:
+            perf += f" MFU {100 * metrics['perf/mfu']:.1f}%"
+        parts.append(perf)
+    return " | ".join(parts)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All lines of `metrics.jsonl` (empty when there is none)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str) -> str:
+    """Draws train and eval MLM/NSP loss and accuracy against steps into `curves.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(workdir)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (name, title) in zip(axes.flat, CURVES):
+        for prefix, style in (("train", "-"), ("eval", "o-")):
+            points = [(r["step"], r[f"{prefix}/{name}"]) for r in rows if f"{prefix}/{name}" in r]
+            if points:
+                ax.plot(*zip(*points), style, label=prefix, markersize=4)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(workdir, "curves.png")
+    with tf.io.gfile.GFile(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,75 @@
+"""Device mesh ('data', 'fsdp', 'tensor') and the logical-axis rules that place parameters,
+optimizer state and activations on it."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis -> mesh axes. Flax takes the first rule whose mesh axes are still unused in a
+# spec, so activations ('batch', 'length', 'embed') shard only the batch, while parameters
+# shard 'embed' over fsdp (ZeRO-3 style) and heads / feed-forward / vocabulary over tensor.
+LOGICAL_RULES = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("embed_out", None),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("position", None),
+    ("segment", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolves one -1 among the axis sizes to the remaining devices; validates the product."""
+    shape = [int(sizes[axis]) for axis in MESH_AXES]
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: sizes must be positive, "
+                         f"at most one of them -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices are "
+                             f"not divisible by {known}")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                         f"there are {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(sizes: dict[str, int], devices=None) -> Mesh:
+    """A mesh over `devices` (default: all) with axes ('data', 'fsdp', 'tensor')."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = mesh_shape(sizes, len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Number of distinct batch shards (data x fsdp)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches split on their leading axis over data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def logical_shardings(boxed_tree, mesh: Mesh):
+    """NamedShardings for a tree of (abstract) values boxed with logical axis names."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, LOGICAL_RULES)

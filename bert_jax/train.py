@@ -1,0 +1,274 @@
+"""`pretrain` and `evaluate`: validation, sharded setup, the training loop, checkpoints, logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from bert_jax import flops, input_pipeline, metrics_log, sharding
+from bert_jax.checkpoint import Checkpointer
+from bert_jax.model import BertConfig, BertForPreTraining
+from bert_jax.optim import make_optimizer
+from bert_jax.pretraining_data import load_metadata
+from bert_jax.tokenizer import SPECIAL_TOKENS
+from bert_jax.train_step import (SUM_KEYS, TrainState, all_finite, init_state, make_eval_step,
+                                 make_train_step, zero_metrics)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss or the parameters stop being finite."""
+
+
+def resolve_model_config(config: ml_collections.ConfigDict, metadata: dict) -> BertConfig:
+    """Checks the data's metadata.json against the config; returns the model config."""
+    fields = dict(config.model)
+    if fields["vocab_size"] == 0:
+        fields["vocab_size"] = metadata["vocab_size"]
+    model = BertConfig.from_dict(fields)
+    if model.vocab_size != metadata["vocab_size"]:
+        raise ValueError(f"config.model.vocab_size={model.vocab_size} but the data's vocabulary has "
+                         f"{metadata['vocab_size']} tokens (metadata.json); use 0 to follow the data")
+    for field, key in (("max_seq_length", "max_seq_length"), ("max_predictions_per_seq", "max_predictions_per_seq")):
+        if config.data[field] != metadata[key]:
+            raise ValueError(f"config.data.{field}={config.data[field]} but the data was prepared with "
+                             f"{key}={metadata[key]} (metadata.json)")
+    expected_ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+    if metadata["special_ids"] != expected_ids:
+        raise ValueError(f"metadata.json special_ids {metadata['special_ids']} differ from {expected_ids}")
+    model.check_sequence_length(metadata["max_seq_length"])
+    return model
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
+    """The global batch must split evenly over data-parallel devices, hosts and micro-batches."""
+    batch, accum = config.train.global_batch_size, config.train.grad_accum_steps
+    parts = sharding.data_parallel_size(mesh) * accum
+    if batch % parts:
+        raise ValueError(f"config.train.global_batch_size={batch} is not divisible by the data-parallel "
+                         f"size x grad_accum_steps = {parts}")
+    if batch % jax.process_count():
+        raise ValueError(f"config.train.global_batch_size={batch} is not divisible by the "
+                         f"{jax.process_count()} processes")
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class Run:
+    """A compiled setup: model config, mesh, shardings and step functions."""
+
+    model: BertConfig
+    mesh: jax.sharding.Mesh
+    state_shardings: object
+    abstract_state: object  # ShapeDtypeStructs with shardings, for restoring checkpoints
+    train_step: object
+    eval_step: object
+    init: object
+    metadata: dict
+
+
+def setup(config: ml_collections.ConfigDict, metadata: dict, mesh=None) -> Run:
+    """Builds the mesh, the optimizer, sharded initialisation and the jitted steps."""
+    model = resolve_model_config(config, metadata)
+    mesh = mesh or sharding.make_mesh(dict(config.mesh))
+    check_batch(config, mesh)
+    tx, schedule = make_optimizer(config.optim, config.train.num_steps)
+    bert = BertForPreTraining(model)
+    seq, slots = metadata["max_seq_length"], metadata["max_predictions_per_seq"]
+
+    def init(rng):
+        return init_state(bert, tx, rng, seq, slots)
+
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    state_shardings = sharding.logical_shardings(abstract, mesh)
+    data = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
+    use_nsp = metadata["pair_task"] != "none"
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, config.train.grad_accum_steps, use_nsp),
+        in_shardings=(state_shardings, data, replicated), out_shardings=(state_shardings, replicated),
+        donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model, use_nsp), in_shardings=(state_shardings.params, data),
+                        out_shardings=replicated)
+    init_jit = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_shardings)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  nn.meta.unbox(abstract), state_shardings)
+    return Run(model, mesh, state_shardings, abstract_state, train_step, eval_step, init_jit, metadata)
+
+
+def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    data = sharding.batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(data, v) for k, v in batch.items()}
+
+
+def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
+    """MLM loss / accuracy, perplexity and NSP metrics over `config.train.eval_steps` eval batches
+    (0 = the whole eval split); the same number of batches on every host."""
+    per_host = (config.data.eval_batch_size or config.train.global_batch_size) // jax.process_count()
+    count = input_pipeline.eval_batch_count(run.metadata, per_host, jax.process_count(), config.train.eval_steps)
+    totals = zero_metrics(SUM_KEYS)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        for batch in input_pipeline.eval_batches(data_dir, run.metadata, per_host, count,
+                                                 seed=config.train.seed, mask_prob=config.data.mask_prob,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count()):
+            totals = jax.tree.map(jnp.add, totals, run.eval_step(params, _global_batch(batch, run.mesh)))
+    return metrics_log.normalize(jax.device_get(totals), "eval")
+
+
+def _prepare_workdir(workdir: str, config, data_dir: str, model: BertConfig) -> None:
+    if jax.process_index() != 0:
+        return
+    tf.io.gfile.makedirs(workdir)
+    resolved = config.to_dict()
+    resolved["model"] = dataclasses.asdict(model)
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(resolved | {"data_dir": data_dir}, f, indent=2)
+    tokenizer_dst = os.path.join(workdir, "tokenizer")
+    if not tf.io.gfile.exists(tokenizer_dst):
+        shutil.copytree(os.path.join(data_dir, "tokenizer"), tokenizer_dst)
+    shutil.copy(os.path.join(data_dir, "metadata.json"), os.path.join(workdir, "data_metadata.json"))
+
+
+def _check_finite(host_metrics: dict, step: int, checkpointer: Checkpointer) -> None:
+    if not all(np.isfinite(v) for v in host_metrics.values()):
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} ({ {k: float(v) for k, v in host_metrics.items()} }); "
+            f"stopping. The last good checkpoint is step {checkpointer.latest_step()}; lower "
+            f"config.optim.learning_rate or raise warmup_steps")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir: str) -> dict:
+    """Pretrains BertForPreTraining on `data_dir`, resuming from `workdir` if it has checkpoints.
+
+    Returns the last train and eval metrics. On SIGTERM it saves a checkpoint and returns early.
+    """
+    metadata = load_metadata(data_dir)
+    run = setup(config, metadata)
+    _prepare_workdir(workdir, config, data_dir, run.model)
+    train = config.train
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train.max_to_keep)
+    rng = jax.random.PRNGKey(train.seed)
+    restored = checkpointer.restore(run.abstract_state)
+    if restored is not None:
+        state, rng = restored
+    else:
+        state = run.init(jax.random.fold_in(rng, 1))
+    start = int(state.step)
+    is_main = jax.process_index() == 0
+    bar = tqdm.tqdm(total=train.num_steps, initial=start, disable=not is_main, unit="step",
+                    mininterval=2.0, dynamic_ncols=True)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write)
+    per_host = train.global_batch_size // jax.process_count()
+    batches = input_pipeline.train_batches(
+        data_dir, metadata, per_host, train.num_steps - start, seed=train.seed, mask_prob=config.data.mask_prob,
+        shuffle_buffer=config.data.shuffle_buffer, start_batch=start, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    seq = metadata["max_seq_length"]
+    step_flops = train.global_batch_size * flops.train_flops_per_sequence(
+        run.model, seq, metadata["max_predictions_per_seq"])
+    peak = flops.peak_tflops(jax.devices()[0].device_kind, train.peak_tflops_per_device)
+    preemption = _Preemption()
+    last = {}
+    window_start, window_steps = time.time(), 0
+    if is_main:
+        bar.write(f"pretraining {run.model.num_layers}-layer BERT (hidden {run.model.hidden_size}) from step {start} "
+              f"to {train.num_steps} on mesh {dict(run.mesh.shape)}; workdir {workdir}")
+    try:
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            for step in range(start + 1, train.num_steps + 1):
+                state, _ = run.train_step(state, _global_batch(next(batches), run.mesh), rng)
+                window_steps += 1
+                bar.update()
+                final = step == train.num_steps
+                if step % train.log_every == 0 or final:
+                    host = jax.device_get(state.metrics)
+                    _check_finite(host, step, checkpointer)
+                    elapsed = time.time() - window_start
+                    last = metrics_log.normalize(host, "train") | _throughput(
+                        window_steps, elapsed, train.global_batch_size * seq, train.global_batch_size,
+                        step_flops, peak, jax.device_count())
+                    state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
+                    logger.write(step, last)
+                    window_start, window_steps = time.time(), 0
+                if (train.eval_every and step % train.eval_every == 0 or final) and _has_eval(metadata):
+                    eval_metrics = evaluate(run, state.params, config, data_dir)
+                    last |= eval_metrics
+                    logger.write(step, eval_metrics)
+                    window_start = time.time()
+                if step % train.checkpoint_every == 0 or final or preemption.requested:
+                    if not bool(jax.device_get(all_finite(state.params))):
+                        raise NonFiniteLossError(
+                            f"non-finite parameters at step {step}; stopping. The last good checkpoint "
+                            f"is step {checkpointer.latest_step()}")
+                    checkpointer.save(step, state, rng)
+                if preemption.requested:
+                    if jax.process_index() == 0:
+                        print(f"SIGTERM: saved a checkpoint at step {step}; exiting", flush=True)
+                    break
+    finally:
+        bar.close()
+        preemption.restore()
+        checkpointer.close()
+    if jax.process_index() == 0 and not preemption.requested:
+        print(f"wrote {metrics_log.plot_curves(workdir)}", flush=True)
+    return last
+
+
+def _has_eval(metadata: dict) -> bool:
+    return metadata["splits"]["eval"]["examples"] > 0
+
+
+def _throughput(steps, seconds, tokens_per_step, examples_per_step, step_flops, peak, devices) -> dict:
+    seconds = max(seconds, 1e-9)
+    out = {"perf/examples_per_s": steps * examples_per_step / seconds,
+           "perf/tokens_per_s": steps * tokens_per_step / seconds}
+    if peak:
+        out["perf/mfu"] = steps * step_flops / seconds / (peak * 1e12 * devices)
+    return out
+
+
+def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[str, float]:
+    """`bert-jax evaluate`: the latest checkpoint of `workdir` on the eval split of `data_dir`."""
+    from bert_jax.config_loading import config_from_workdir
+
+    config = config_from_workdir(workdir)
+    config.train.eval_steps = eval_steps
+    metadata = load_metadata(data_dir)
+    run = setup(config, metadata)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_to_keep)
+    restored = checkpointer.restore(run.abstract_state)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"--workdir {workdir}: no checkpoint to evaluate")
+    state, _ = restored
+    if not _has_eval(metadata):
+        raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
+    return {"step": int(state.step)} | evaluate(run, state.params, config, data_dir)
+
+
+__all__ = ["train_and_evaluate", "evaluate_workdir", "setup", "TrainState", "NonFiniteLossError"]
