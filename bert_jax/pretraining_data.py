@@ -108,8 +108,8 @@ def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer
     return result
 
 
-def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[bytes, Counter]:
-    """Tokenizes one chunk of documents; returns its examples as TFRecord bytes, and counts."""
+def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[list[bytes], Counter]:
+    """Tokenizes one chunk of documents; returns its serialised examples, and counts."""
     split, chunk_index, documents, settings = job
     tok = _worker_tokenizer
     stats: Counter = Counter()
@@ -129,7 +129,7 @@ def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[
         _mask_statically(features, tok, settings, rng)
     stats["examples"] = len(features)
     stats["example_tokens"] = sum(len(f["input_ids"]) for f in features)
-    return frame_records(serialize_examples(features)), stats
+    return serialize_examples(features), stats
 
 
 def _mask_statically(features: list[dict], tok, settings: DataSettings, rng: random.Random) -> None:
@@ -206,12 +206,16 @@ class _ShardWriters:
         self.writers: dict = {}
         self.counts = {(split, k): 0 for split, n in num_shards.items() for k in range(n)}
 
-    def write(self, split: str, chunk_index: int, framed: bytes, num_records: int) -> None:
-        key = (split, chunk_index % self.num_shards[split])
-        if key not in self.writers:
-            self.writers[key] = open(self._path(*key), "wb")
-        self.writers[key].write(framed)
-        self.counts[key] += num_records
+    def write(self, split: str, chunk_index: int, records: list[bytes]) -> None:
+        """Deals the records of a chunk round-robin over the shards, starting at the chunk index,
+        so that even a one-chunk corpus fills every shard."""
+        n = self.num_shards[split]
+        for offset in range(min(n, len(records))):
+            key = (split, (chunk_index + offset) % n)
+            if key not in self.writers:
+                self.writers[key] = open(self._path(*key), "wb")
+            self.writers[key].write(frame_records(records[offset::n]))
+            self.counts[key] += len(records[offset::n])
 
     def _path(self, split: str, shard: int) -> str:
         return os.path.join(self.directory, f".{split}-{shard:05d}.partial")
@@ -281,8 +285,8 @@ def _write_shards(files, tokenizer_dir, staging, settings, workers, num_shards, 
     bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, disable=not progress,
                desc="prepare-data", mininterval=1.0)
     start = time.time()
-    for (split, chunk_index, _, _), (framed, chunk_stats) in _ordered_map(jobs, workers, tokenizer_dir):
-        writers.write(split, chunk_index, framed, chunk_stats["examples"])
+    for (split, chunk_index, _, _), (records, chunk_stats) in _ordered_map(jobs, workers, tokenizer_dir):
+        writers.write(split, chunk_index, records)
         stats.update({f"{split}_{k}" if k in ("examples", "example_tokens") else k: v
                       for k, v in chunk_stats.items()})
         bar.update(stats["bytes_read"] - bar.n)

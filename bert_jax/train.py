@@ -226,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
                             f"non-finite parameters at step {step}; stopping. The last good checkpoint "
                             f"is step {checkpointer.latest_step()}")
                     checkpointer.save(step, state, rng)
+                    window_start = time.time()  # throughput counts training steps only
                 if preemption.requested:
                     if jax.process_index() == 0:
                         print(f"SIGTERM: saved a checkpoint at step {step}; exiting", flush=True)
