@@ -134,12 +134,12 @@ def main() -> None:
     seconds, rss = run_measured([sys.executable, __file__, "--reference-only", "--corpus", args.corpus,
                                  "--tokenizer", tok, "--output", out])
     rows.append(("reference, 1 process, corpus 1x", sum(1 for _ in open(out)), seconds, rss))
-    ours = rows[0][1] / rows[0][2]
-    print("| run | examples | seconds | examples/s | peak RSS (MiB) | ours (first row) / this |")
+    reference_rate = rows[-1][1] / rows[-1][2]
+    print("| run | examples | seconds | examples/s | peak RSS (MiB) | throughput / reference |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, examples, seconds, rss in rows:
         rate = examples / seconds
-        print(f"| {name} | {examples} | {seconds:.1f} | {rate:,.0f} | {rss:,.0f} | {ours / rate:.1f}x |")
+        print(f"| {name} | {examples} | {seconds:.1f} | {rate:,.0f} | {rss:,.0f} | {rate / reference_rate:.2f}x |")
 
 
 if __name__ == "__main__":

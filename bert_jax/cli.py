@@ -108,12 +108,27 @@ def _add_train_parsers(subparsers) -> None:
     p.set_defaults(run=_evaluate)
 
 
+def _demo(args) -> None:
+    from bert_jax.demo import run_demo
+
+    run_demo(args.workdir, args.corpus, args.steps)
+
+
+def _add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--corpus", help="your own text (a sentence per line, blank line between documents)")
+    p.add_argument("--steps", type=int, help="pretraining steps (default: configs/demo.py, 800)")
+    p.set_defaults(run=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_tokenizer_parser(subparsers)
     _add_prepare_parser(subparsers)
     _add_train_parsers(subparsers)
+    _add_demo_parser(subparsers)
     return parser
 
 

@@ -106,8 +106,10 @@ def _hf_from_sentencepiece(model_file: str, model_type: str):
     tokenizer.normalizer = normalizers.Sequence([
         normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
         normalizers.Replace(Regex(" {2,}"), " ")])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always")
+    # 'first': like SentencePiece, only the start of the text gets the word-start marker, not the
+    # text right after a special token ("[MASK]에게" keeps '에게' a continuation piece).
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="first")
     return tokenizer
 
 

@@ -23,7 +23,7 @@ from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.optim import make_optimizer
 from bert_jax.pretraining_data import load_metadata
 from bert_jax.tokenizer import SPECIAL_TOKENS
-from bert_jax.train_step import (SUM_KEYS, TrainState, all_finite, init_state, make_eval_step,
+from bert_jax.train_step import (SUM_KEYS, all_finite, init_state, make_eval_step,
                                  make_train_step, zero_metrics)
 
 
@@ -253,6 +253,20 @@ def _throughput(steps, seconds, tokens_per_step, examples_per_step, step_flops, 
     return out
 
 
+def restore_workdir(workdir: str, metadata: dict, config=None):
+    """(run, state) of the latest checkpoint in a pretraining `workdir`, set up for `metadata`."""
+    from bert_jax.config_loading import config_from_workdir
+
+    config = config or config_from_workdir(workdir)
+    run = setup(config, metadata)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_to_keep)
+    restored = checkpointer.restore(run.abstract_state)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"--workdir {workdir}: no checkpoint yet")
+    return run, restored[0]
+
+
 def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[str, float]:
     """`bert-jax evaluate`: the latest checkpoint of `workdir` on the eval split of `data_dir`."""
     from bert_jax.config_loading import config_from_workdir
@@ -260,16 +274,7 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[s
     config = config_from_workdir(workdir)
     config.train.eval_steps = eval_steps
     metadata = load_metadata(data_dir)
-    run = setup(config, metadata)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_to_keep)
-    restored = checkpointer.restore(run.abstract_state)
-    checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"--workdir {workdir}: no checkpoint to evaluate")
-    state, _ = restored
     if not _has_eval(metadata):
         raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
+    run, state = restore_workdir(workdir, metadata, config)
     return {"step": int(state.step)} | evaluate(run, state.params, config, data_dir)
-
-
-__all__ = ["train_and_evaluate", "evaluate_workdir", "setup", "TrainState", "NonFiniteLossError"]
