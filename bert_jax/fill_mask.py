@@ -28,12 +28,12 @@ def _encode(text: str, model: Pretrained) -> list[int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_fn(config):
+def _predict_fn(config, pad_id: int):
     model = BertForPreTraining(config)
 
     @functools.partial(jax.jit, static_argnames="top_k")
     def predict(params, ids, positions, top_k):
-        logits, _ = model.apply({"params": params}, ids, (ids != 0).astype(jnp.int32), None, positions)
+        logits, _ = model.apply({"params": params}, ids, (ids != pad_id).astype(jnp.int32), None, positions)
         return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
 
     return predict
@@ -50,13 +50,13 @@ def fill_mask(model: Pretrained, texts: str | list[str], top_k: int = 5) -> list
     model.config.check_sequence_length(longest)
     length = min(model.config.max_position_embeddings, -(-longest // 16) * 16)  # few distinct shapes
     slots = max(e.count(model.tokenizer.mask_id) for e in encoded)
-    ids = np.zeros((len(texts), length), np.int32)
+    ids = np.full((len(texts), length), model.tokenizer.pad_id, np.int32)
     positions = np.zeros((len(texts), slots), np.int32)
     for row, e in enumerate(encoded):
         ids[row, :len(e)] = e
         where = [i for i, t in enumerate(e) if t == model.tokenizer.mask_id]
         positions[row, :len(where)] = where
-    scores, tokens = jax.device_get(_predict_fn(model.config)(model.params, ids, positions, top_k))
+    scores, tokens = jax.device_get(_predict_fn(model.config, model.tokenizer.pad_id)(model.params, ids, positions, top_k))
     results = []
     for row, e in enumerate(encoded):
         per_mask = []

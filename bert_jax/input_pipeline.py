@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from bert_jax import masking
-from bert_jax.tokenizer import SPECIAL_TOKENS
 
 tf.config.set_visible_devices([], "GPU")  # TensorFlow must never take accelerator memory
 
@@ -42,8 +41,9 @@ def shard_files(data_dir: str, metadata: dict, split: str) -> list[tuple[str, in
 
 
 def _masking_config(metadata: dict, mask_prob: float) -> masking.MaskingConfig:
+    special = metadata["special_ids"]
     return masking.MaskingConfig(mask_prob, metadata["max_predictions_per_seq"], metadata["vocab_size"],
-                                 SPECIAL_TOKENS.index("[MASK]"), tuple(range(len(SPECIAL_TOKENS))))
+                                 special["[MASK]"], tuple(sorted(special.values())))
 
 
 def _parse_batch(records, metadata: dict):

@@ -12,8 +12,6 @@ import random
 
 import numpy as np
 
-from bert_jax.tokenizer import CLS_ID, SEP_ID
-
 PAIR_TASKS = ("nsp", "sop", "none")
 
 
@@ -59,7 +57,8 @@ def _concat(segments: list[np.ndarray]) -> np.ndarray:
 
 
 def create_instances(documents: list[list[np.ndarray]], doc_index: int, max_seq_length: int,
-                     short_seq_prob: float, pair_task: str, rng: random.Random) -> list[Instance]:
+                     short_seq_prob: float, pair_task: str, rng: random.Random, cls_id: int,
+                     sep_id: int) -> list[Instance]:
     """Instances from `documents[doc_index]` (a list of token arrays, one per sentence)."""
     document = documents[doc_index]
     max_tokens = max_seq_length - (3 if pair_task != "none" else 2)
@@ -82,7 +81,7 @@ def create_instances(documents: list[list[np.ndarray]], doc_index: int, max_seq_
                 i -= unused
             tokens_a, tokens_b = _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
             if len(tokens_a) and (len(tokens_b) or pair_task == "none"):
-                instances.append(_assemble(tokens_a, tokens_b, label))
+                instances.append(_assemble(tokens_a, tokens_b, label, cls_id, sep_id))
             chunk, chunk_length = [], 0
         i += 1
     return instances
@@ -116,8 +115,8 @@ def _make_pair(chunk, documents, doc_index, target, pair_task, rng):
     return a, _concat(chunk[a_end:]), 0, 0
 
 
-def _assemble(tokens_a: np.ndarray, tokens_b: np.ndarray, label: int) -> Instance:
-    parts = [[CLS_ID], tokens_a, [SEP_ID]] + ([tokens_b, [SEP_ID]] if len(tokens_b) else [])
+def _assemble(tokens_a: np.ndarray, tokens_b: np.ndarray, label: int, cls_id: int, sep_id: int) -> Instance:
+    parts = [[cls_id], tokens_a, [sep_id]] + ([tokens_b, [sep_id]] if len(tokens_b) else [])
     ids = np.concatenate(parts).astype(np.int32)
     segments = np.zeros(len(ids), np.int32)
     segments[len(tokens_a) + 2:] = 1

@@ -6,6 +6,7 @@ Shared by `prepare-data` (static masking) and the tf.data input pipeline (dynami
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -27,8 +28,14 @@ class MaskingConfig:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.max_predictions <= 0:
             raise ValueError(f"max_predictions_per_seq must be positive, got {self.max_predictions}")
-        if sorted(self.special_ids) != list(range(len(self.special_ids))):
-            raise ValueError(f"special ids must be 0..{len(self.special_ids) - 1}, got {self.special_ids}")
+        if self.mask_id not in self.special_ids:
+            raise ValueError(f"mask_id {self.mask_id} must be one of the special ids {self.special_ids}")
+
+
+@functools.lru_cache(maxsize=8)
+def _ordinary_ids(vocab_size: int, special_ids: tuple[int, ...]) -> np.ndarray:
+    """The vocabulary without its special ids: where random replacements come from."""
+    return np.setdiff1d(np.arange(vocab_size, dtype=np.int32), np.asarray(special_ids, np.int32))
 
 
 def mask_batch(input_ids: np.ndarray, word_starts: np.ndarray, rng: np.random.Generator,
@@ -45,7 +52,7 @@ def mask_batch(input_ids: np.ndarray, word_starts: np.ndarray, rng: np.random.Ge
     ids = np.asarray(input_ids, dtype=np.int32)
     batch, length = ids.shape
     rows = np.arange(batch)[:, None]
-    candidate = ids >= len(config.special_ids)
+    candidate = ~np.isin(ids, config.special_ids)
     previous_candidate = np.concatenate([np.zeros((batch, 1), bool), candidate[:, :-1]], axis=1)
     starts = candidate & (np.asarray(word_starts, bool) | ~previous_candidate)
     word_of = np.cumsum(starts, axis=1) - 1  # word index of each position (valid on candidates)
@@ -76,7 +83,8 @@ def mask_batch(input_ids: np.ndarray, word_starts: np.ndarray, rng: np.random.Ge
     to_mask = selected & (action < config.mask_token_rate)
     to_random = selected & (action >= config.mask_token_rate) & (
         action < config.mask_token_rate + config.random_token_rate)
-    random_ids = rng.integers(len(config.special_ids), config.vocab_size, ids.shape, dtype=np.int32)
+    ordinary = _ordinary_ids(config.vocab_size, config.special_ids)
+    random_ids = ordinary[rng.integers(0, len(ordinary), ids.shape)]
     masked = np.where(to_mask, config.mask_id, np.where(to_random, random_ids, ids))
 
     slots = min(config.max_predictions, length)

@@ -119,8 +119,8 @@ def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[
     if len(docs) == 1 and settings.pair_task == "nsp":
         stats["documents_in_chunks_without_partner"] += 1
     made = [inst for _ in range(settings.dupe_factor) for d in range(len(docs))
-            for inst in instances.create_instances(docs, d, settings.max_seq_length,
-                                                   settings.short_seq_prob, settings.pair_task, rng)]
+            for inst in instances.create_instances(docs, d, settings.max_seq_length, settings.short_seq_prob,
+                                                   settings.pair_task, rng, tok.cls_id, tok.sep_id)]
     rng.shuffle(made)
     features = [{"input_ids": x.input_ids, "segment_ids": x.segment_ids,
                  "word_starts": tok.is_word_start[x.input_ids].astype(np.int32),
@@ -307,7 +307,7 @@ def _metadata(tok, settings, files, stats, split_documents, shard_files, seconds
         "masking": settings.masking,
         "pair_task": settings.pair_task,
         "vocab_size": tok.vocab_size,
-        "special_ids": {name: i for i, name in enumerate(tokenizer_lib.SPECIAL_TOKENS)},
+        "special_ids": tok.special_ids_by_name,
         "tokenizer": {"fingerprint": tok.fingerprint, "model_type": tok.model_type,
                       "directory": "tokenizer"},
         "splits": splits,

@@ -229,15 +229,25 @@ class Tokenizer:
         self.directory = directory
         path = os.path.join(directory, "tokenizer.json")
         settings_path = os.path.join(directory, SETTINGS_FILE)
-        if not os.path.exists(path) or not os.path.exists(settings_path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"{directory} is not a tokenizer directory: it lacks tokenizer.json "
-                                    f"or {SETTINGS_FILE} (make one with `bert-jax train-tokenizer`)")
-        with open(settings_path, encoding="utf-8") as f:
-            self.settings = json.load(f)
+                                    f"(make one with `bert-jax train-tokenizer`)")
         self._hf = HfTokenizer.from_file(path)
+        if os.path.exists(settings_path):
+            with open(settings_path, encoding="utf-8") as f:
+                self.settings = json.load(f)
+        else:  # a Hugging Face tokenizer.json from elsewhere (e.g. an imported BERT)
+            self.settings = {"model_type": _infer_model_type(path), "source": "tokenizer.json"}
         self.model_type: str = self.settings["model_type"]
+        ids = {name: self._hf.token_to_id(name) for name in SPECIAL_TOKENS}
+        if None in ids.values():
+            raise ValueError(f"{path}: the vocabulary lacks BERT special token(s) "
+                             f"{[n for n, i in ids.items() if i is None]}")
+        self.special_ids_by_name = ids
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = ids.values()
+        self.special_ids = tuple(sorted(ids.values()))
         self._spm = None
-        if self.model_type != "wordpiece":
+        if os.path.exists(os.path.join(directory, "spm.model")):
             import sentencepiece as spm
 
             self._spm = spm.SentencePieceProcessor(model_file=os.path.join(directory, "spm.model"))
@@ -247,11 +257,8 @@ class Tokenizer:
         self.vocab: list[str] = [self._hf.id_to_token(i) for i in range(self.vocab_size)]
         self.is_word_start = np.array([self._starts_word(t) for t in self.vocab], dtype=bool)
 
-    pad_id, unk_id, cls_id, sep_id, mask_id = PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID
-    special_ids = tuple(range(len(SPECIAL_TOKENS)))
-
-    def _starts_word(self, token: str) -> bool:
-        if token in SPECIAL_TOKENS:
+    def _starts_word(self, token: str | None) -> bool:
+        if token is None or token in SPECIAL_TOKENS:
             return True
         if self.model_type == "wordpiece":
             return not token.startswith("##")
@@ -285,6 +292,13 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str:
         return self.vocab[token_id]
+
+
+def _infer_model_type(path: str) -> str:
+    """wordpiece for a WordPiece tokenizer.json, else the SentencePiece-style '▁' word starts."""
+    with open(path, encoding="utf-8") as f:
+        kind = json.load(f)["model"]["type"]
+    return "wordpiece" if kind == "WordPiece" else kind.lower()
 
 
 def load(directory: str) -> Tokenizer:

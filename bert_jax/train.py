@@ -22,7 +22,6 @@ from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.optim import make_optimizer
 from bert_jax.pretraining_data import load_metadata
-from bert_jax.tokenizer import SPECIAL_TOKENS
 from bert_jax.train_step import (SUM_KEYS, all_finite, init_state, make_eval_step,
                                  make_train_step, zero_metrics)
 
@@ -44,9 +43,6 @@ def resolve_model_config(config: ml_collections.ConfigDict, metadata: dict) -> B
         if config.data[field] != metadata[key]:
             raise ValueError(f"config.data.{field}={config.data[field]} but the data was prepared with "
                              f"{key}={metadata[key]} (metadata.json)")
-    expected_ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
-    if metadata["special_ids"] != expected_ids:
-        raise ValueError(f"metadata.json special_ids {metadata['special_ids']} differ from {expected_ids}")
     model.check_sequence_length(metadata["max_seq_length"])
     return model
 
