@@ -108,6 +108,61 @@ def _add_train_parsers(subparsers) -> None:
     p.set_defaults(run=_evaluate)
 
 
+def _fill_mask(args) -> None:
+    from bert_jax import fill_mask, pretrained
+
+    results = fill_mask.fill_mask(pretrained.load(args.model), args.text, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=1))
+        return
+    for text, per_mask in zip(args.text, results):
+        print(text)
+        for index, candidates in enumerate(per_mask):
+            for c in candidates:
+                print(f"  [MASK {index + 1}] {c['score']:.4f}  {c['token_str']:<12} {c['sequence']}")
+
+
+def _export_hf(args) -> None:
+    from bert_jax import hf, metrics_log, pretrained
+
+    model = pretrained.load(args.workdir)
+    metrics = {}
+    for row in metrics_log.read_metrics(args.workdir):
+        metrics.update({k: v for k, v in row.items() if k.startswith("eval/")})
+    data_path = os.path.join(args.workdir, "data_metadata.json")
+    data = json.load(open(data_path)) if os.path.exists(data_path) else {}
+    hf.export_hf(model, args.output, hf.model_card(model, metrics, data))
+    print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
+          f"BertForPreTraining and AutoTokenizer, or push it with huggingface-cli upload")
+
+
+def _import_hf(args) -> None:
+    from bert_jax import hf
+
+    missing = hf.import_hf(args.input, args.output)
+    print(f"wrote {args.output}: continue with `bert-jax prepare-data --tokenizer {args.output}/tokenizer ...` "
+          f"and `bert-jax pretrain --workdir {args.output} ...`")
+    if missing:
+        print(f"initialised (absent from {args.input}): {', '.join(missing)}")
+
+
+def _add_hf_parsers(subparsers) -> None:
+    p = subparsers.add_parser("fill-mask", help="top-k predictions for [MASK] tokens")
+    p.add_argument("--model", required=True, help="pretraining workdir or Hugging Face directory")
+    p.add_argument("text", nargs="+", help="texts with one or more [MASK]")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
+    p.set_defaults(run=_fill_mask)
+    p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(run=_export_hf)
+    p = subparsers.add_parser("import-hf", help="turn a local Hugging Face BERT into a workdir")
+    p.add_argument("--input", required=True, help="directory with config.json, weights, tokenizer.json")
+    p.add_argument("--output", required=True, help="workdir to create")
+    p.set_defaults(run=_import_hf)
+
+
 def _demo(args) -> None:
     from bert_jax.demo import run_demo
 
@@ -128,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_parser(subparsers)
     _add_prepare_parser(subparsers)
     _add_train_parsers(subparsers)
+    _add_hf_parsers(subparsers)
     _add_demo_parser(subparsers)
     return parser
 

@@ -35,7 +35,16 @@ def load_workdir(workdir: str) -> Pretrained:
 
 
 def load(directory: str) -> Pretrained:
-    """A pretraining workdir (latest checkpoint + tokenizer)."""
+    """A pretraining workdir (latest checkpoint + tokenizer), a workdir made by `import-hf` that
+    has not trained yet, or a Hugging Face BERT directory."""
+    from bert_jax import hf
+
     if tf.io.gfile.exists(os.path.join(directory, "checkpoints")):
         return load_workdir(directory)
-    raise FileNotFoundError(f"{directory} is not a bert-jax workdir (no checkpoints/)")
+    imported = hf.load_imported(directory)
+    if imported is not None:
+        return Pretrained(imported[0], imported[1], tokenizer_lib.load(os.path.join(directory, "tokenizer")), 0)
+    if tf.io.gfile.exists(os.path.join(directory, "config.json")):
+        return hf.load_hf_dir(directory)
+    raise FileNotFoundError(f"{directory} is neither a bert-jax workdir (no checkpoints/) nor a "
+                            f"Hugging Face model (no config.json)")

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from bert_jax import flops, input_pipeline, metrics_log, sharding
+from bert_jax import flops, hf, hf_weights, input_pipeline, metrics_log, sharding
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.optim import make_optimizer
@@ -136,6 +136,31 @@ def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
     return metrics_log.normalize(jax.device_get(totals), "eval")
 
 
+ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+
+
+def _adopt_architecture(config, imported: BertConfig) -> None:
+    """An imported model fixes the architecture; dtype, dropout, scan and remat stay configurable."""
+    for field in ARCHITECTURE:
+        config.model[field] = getattr(imported, field)
+    if jax.process_index() == 0:
+        print(f"continuing from the imported model: {imported.num_layers} layers, hidden {imported.hidden_size}, "
+              f"vocabulary {imported.vocab_size}", flush=True)
+
+
+def _check_tokenizer(workdir: str, data_dir: str, metadata: dict) -> None:
+    """A workdir that has a tokenizer (resumed or imported) must match the data's."""
+    from bert_jax.tokenizer import load as load_tokenizer
+
+    if not tf.io.gfile.exists(os.path.join(workdir, "tokenizer", "tokenizer.json")):
+        return
+    fingerprint = load_tokenizer(os.path.join(workdir, "tokenizer")).fingerprint
+    if fingerprint != metadata["tokenizer"]["fingerprint"]:
+        raise ValueError(f"--data {data_dir} was prepared with a different tokenizer than {workdir}/tokenizer; "
+                         f"prepare it with --tokenizer {workdir}/tokenizer")
+
+
 def _prepare_workdir(workdir: str, config, data_dir: str, model: BertConfig) -> None:
     if jax.process_index() != 0:
         return
@@ -164,6 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     Returns the last train and eval metrics. On SIGTERM it saves a checkpoint and returns early.
     """
     metadata = load_metadata(data_dir)
+    imported = hf.load_imported(workdir)
+    if imported is not None:
+        _adopt_architecture(config, imported[0])
+    _check_tokenizer(workdir, data_dir, metadata)
     run = setup(config, metadata)
     _prepare_workdir(workdir, config, data_dir, run.model)
     train = config.train
@@ -174,6 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
         state, rng = restored
     else:
         state = run.init(jax.random.fold_in(rng, 1))
+        if imported is not None:
+            params = hf_weights.params_from_hf(hf_weights.params_to_hf(imported[1], imported[0]), run.model)
+            state = state.replace(params=jax.device_put(params, run.state_shardings.params))
     start = int(state.step)
     is_main = jax.process_index() == 0
     bar = tqdm.tqdm(total=train.num_steps, initial=start, disable=not is_main, unit="step",
