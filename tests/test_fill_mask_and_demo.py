@@ -47,5 +47,5 @@ def test_fill_mask_shapes_scores_and_batching(demo_run):
     assert "[MASK]" in results[1][0][0]["sequence"]  # the other mask stays
     with pytest.raises(ValueError, match="has no \\[MASK\\]"):
         fill_mask.fill_mask(model, "마스크가 없는 문장이다.")
-    with pytest.raises(FileNotFoundError, match="not a bert-jax workdir"):
+    with pytest.raises(FileNotFoundError, match="neither a bert-jax workdir"):
         pretrained.load(workdir)
