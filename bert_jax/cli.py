@@ -81,11 +81,20 @@ def _add_prepare_parser(subparsers) -> None:
 
 def _pretrain(args) -> None:
     from bert_jax.config_loading import load_config
+    from bert_jax.distributed import maybe_initialize
     from bert_jax.train import train_and_evaluate
 
+    maybe_initialize()
     config = load_config(args.config, args.overrides)
     metrics = train_and_evaluate(config, args.data, args.workdir)
-    print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=1))
+    if jax_process_index() == 0:
+        print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=1))
+
+
+def jax_process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def _evaluate(args) -> None:

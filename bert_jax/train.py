@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -60,14 +59,27 @@ def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGTERM into a flag the loop checks between steps. With several processes the flags
+    are combined every `sync_every` steps, so that a SIGTERM on any host stops every host at the
+    same step for one coordinated save."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, sync_every: int = 10):
+        self._local = False
+        self._sync_every = sync_every
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = False
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self._local = True
+
+    def check(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            self.requested = self._local
+        elif step % self._sync_every == 0:
+            from jax.experimental import multihost_utils
+
+            self.requested = bool(np.any(multihost_utils.process_allgather(np.array(self._local))))
+        return self.requested
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
@@ -170,9 +182,13 @@ def _prepare_workdir(workdir: str, config, data_dir: str, model: BertConfig) -> 
     with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(resolved | {"data_dir": data_dir}, f, indent=2)
     tokenizer_dst = os.path.join(workdir, "tokenizer")
-    if not tf.io.gfile.exists(tokenizer_dst):
-        shutil.copytree(os.path.join(data_dir, "tokenizer"), tokenizer_dst)
-    shutil.copy(os.path.join(data_dir, "metadata.json"), os.path.join(workdir, "data_metadata.json"))
+    if not tf.io.gfile.exists(tokenizer_dst):  # tf.io.gfile: workdirs may live on gs://
+        tf.io.gfile.makedirs(tokenizer_dst)
+        source = os.path.join(data_dir, "tokenizer")
+        for name in tf.io.gfile.listdir(source):
+            tf.io.gfile.copy(os.path.join(source, name), os.path.join(tokenizer_dst, name))
+    tf.io.gfile.copy(os.path.join(data_dir, "metadata.json"), os.path.join(workdir, "data_metadata.json"),
+                     overwrite=True)
 
 
 def _check_finite(host_metrics: dict, step: int, checkpointer: Checkpointer) -> None:
@@ -232,6 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
                 state, _ = run.train_step(state, _global_batch(next(batches), run.mesh), rng)
                 window_steps += 1
                 bar.update()
+                preempted = preemption.check(step)
                 final = step == train.num_steps
                 if step % train.log_every == 0 or final:
                     host = jax.device_get(state.metrics)
@@ -248,15 +265,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
                     last |= eval_metrics
                     logger.write(step, eval_metrics)
                     window_start = time.time()
-                if step % train.checkpoint_every == 0 or final or preemption.requested:
+                if step % train.checkpoint_every == 0 or final or preempted:
                     if not bool(jax.device_get(all_finite(state.params))):
                         raise NonFiniteLossError(
                             f"non-finite parameters at step {step}; stopping. The last good checkpoint "
                             f"is step {checkpointer.latest_step()}")
                     checkpointer.save(step, state, rng)
                     window_start = time.time()  # throughput counts training steps only
-                if preemption.requested:
-                    if jax.process_index() == 0:
+                if preempted:
+                    if is_main:
                         print(f"SIGTERM: saved a checkpoint at step {step}; exiting", flush=True)
                     break
     finally:
