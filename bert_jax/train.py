@@ -56,6 +56,10 @@ def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
     if batch % jax.process_count():
         raise ValueError(f"config.train.global_batch_size={batch} is not divisible by the "
                          f"{jax.process_count()} processes")
+    eval_batch = config.data.eval_batch_size
+    if eval_batch and (eval_batch % sharding.data_parallel_size(mesh) or eval_batch % jax.process_count()):
+        raise ValueError(f"config.data.eval_batch_size={eval_batch} is not divisible by the data-parallel "
+                         f"size {sharding.data_parallel_size(mesh)} and the {jax.process_count()} processes")
 
 
 class _Preemption:

@@ -145,6 +145,7 @@ def test_metadata_mismatches_are_clear_errors(data_dir, tmp_path):
              ({"data.max_predictions_per_seq": 9}, "max_predictions_per_seq=9"),
              ({"model.vocab_size": 500}, "vocab_size=500 but the data's vocabulary has 100"),
              ({"train.global_batch_size": 12}, "not divisible by the data-parallel size"),
+             ({"data.eval_batch_size": 12}, "eval_batch_size=12 is not divisible"),
              ({"model.max_position_embeddings": 16}, "exceeds max_position_embeddings=16")]
     for overrides, message in cases:
         config = tiny_config()
