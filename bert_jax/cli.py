@@ -172,6 +172,59 @@ def _add_hf_parsers(subparsers) -> None:
     p.set_defaults(run=_import_hf)
 
 
+def _finetune(args) -> None:
+    from bert_jax.finetune import finetune
+
+    if (args.task == "pair-classification") != bool(args.text_pair_column):
+        raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
+    result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
+                      args.text_pair_column, max_length=args.max_length, batch_size=args.batch_size,
+                      epochs=args.epochs, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed)
+    print(json.dumps({"best": result["best"], "labels": result["labels"], "truncated": result["truncated"]},
+                     ensure_ascii=False))
+
+
+def _predict(args) -> None:
+    from bert_jax.finetune import Classifier, read_table
+
+    classifier = Classifier(args.model)
+    columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])
+    rows = read_table(args.input, columns)
+    pairs = [str(r[args.text_pair_column]) for r in rows] if classifier.pairs else None
+    names, probabilities = classifier.predict([str(r[args.text_column]) for r in rows], pairs)
+    with open(args.output, "w", encoding="utf-8") as f:
+        for row, name, p in zip(rows, names, probabilities):
+            f.write(json.dumps({"text": row[args.text_column], "label": name,
+                                "probabilities": dict(zip(classifier.labels, map(float, p)))}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} predictions to {args.output}")
+
+
+def _add_finetune_parsers(subparsers) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune a classifier on labelled text")
+    p.add_argument("--init", required=True, help="pretraining workdir or Hugging Face BERT directory")
+    p.add_argument("--train", required=True, help=".tsv, .csv or .jsonl")
+    p.add_argument("--eval", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--task", choices=["classification", "pair-classification"], default="classification")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--patience", type=int, default=1, help="epochs without eval improvement before stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_finetune)
+    p = subparsers.add_parser("predict", help="predictions with probabilities from a fine-tuned model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True, help="JSON lines")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column")
+    p.set_defaults(run=_predict)
+
+
 def _demo(args) -> None:
     from bert_jax.demo import run_demo
 
@@ -193,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_parser(subparsers)
     _add_train_parsers(subparsers)
     _add_hf_parsers(subparsers)
+    _add_finetune_parsers(subparsers)
     _add_demo_parser(subparsers)
     return parser
 
