@@ -9,9 +9,7 @@ import pytest
 from bert_jax import pretrained
 from bert_jax.cli import main
 from bert_jax.finetune import Classifier, encode, finetune
-from bert_jax.pretraining_data import DataSettings, prepare_data
-from bert_jax.train import train_and_evaluate
-from test_pretrain import tiny_config
+from test_pretrain import pretrain_tiny
 
 NOUNS = ["서울", "부산", "학교", "도서관", "정부", "국회", "시민", "역사", "문화", "바다", "도시", "마을"]
 
@@ -35,9 +33,7 @@ def _toy(seed, n):
 @pytest.fixture(scope="module")
 def setup_dirs(tmp_path_factory, korean_corpus, tokenizer_dir):
     root = tmp_path_factory.mktemp("ft")
-    prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),
-                 DataSettings(max_seq_length=32, max_predictions_per_seq=5, num_shards=2), progress=False)
-    train_and_evaluate(tiny_config(num_steps=8, eval_every=0), str(root / "data"), str(root / "pre"))
+    pretrain_tiny(root, korean_corpus, tokenizer_dir, "pre")
     _write(root / "train.tsv", _toy(0, 160))
     _write(root / "eval.tsv", _toy(1, 40))
     return root

@@ -14,7 +14,7 @@ from bert_jax import fill_mask, hf, pretrained
 from bert_jax.cli import main
 from bert_jax.pretraining_data import DataSettings, prepare_data
 from bert_jax.train import train_and_evaluate
-from test_pretrain import tiny_config
+from test_pretrain import pretrain_tiny, tiny_config
 
 KOREAN = ["모든 국민은 [MASK] 앞에 평등하다.", "서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 
@@ -22,9 +22,7 @@ KOREAN = ["모든 국민은 [MASK] 앞에 평등하다.", "서울은 한국의 [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, korean_corpus, tokenizer_dir):
     root = tmp_path_factory.mktemp("hf")
-    prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),
-                 DataSettings(max_seq_length=32, max_predictions_per_seq=5, num_shards=2), progress=False)
-    train_and_evaluate(tiny_config(num_steps=8, eval_every=0), str(root / "data"), str(root / "work"))
+    pretrain_tiny(root, korean_corpus, tokenizer_dir, "work")
     assert main(["export-hf", "--workdir", str(root / "work"), "--output", str(root / "export")]) == 0
     return root
 

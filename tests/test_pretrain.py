@@ -29,6 +29,13 @@ def tiny_config(**train):
     return config
 
 
+def pretrain_tiny(root, korean_corpus, tokenizer_dir, workdir: str) -> None:
+    """Prepares tiny shards under `root/data` and pretrains 8 steps into `root/workdir`."""
+    prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),
+                 DataSettings(max_seq_length=32, max_predictions_per_seq=5, num_shards=2), progress=False)
+    train_and_evaluate(tiny_config(num_steps=8, eval_every=0), str(root / "data"), str(root / workdir))
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, korean_corpus, tokenizer_dir):
     out = tmp_path_factory.mktemp("pretrain") / "data"
