@@ -244,8 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     last = {}
     window_start, window_steps = time.time(), 0
     if is_main:
-        bar.write(f"pretraining {run.model.num_layers}-layer BERT (hidden {run.model.hidden_size}) from step {start} "
-              f"to {train.num_steps} on mesh {dict(run.mesh.shape)}; workdir {workdir}")
+        bar.write(f"pretraining {run.model.num_layers}-layer BERT (hidden {run.model.hidden_size}) from step "
+                  f"{start} to {train.num_steps} on mesh {dict(run.mesh.shape)}; workdir {workdir}")
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
             for step in range(start + 1, train.num_steps + 1):
@@ -284,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
         bar.close()
         preemption.restore()
         checkpointer.close()
-    if jax.process_index() == 0 and not preemption.requested:
+    if is_main and not preemption.requested:
         print(f"wrote {metrics_log.plot_curves(workdir)}", flush=True)
     return last
 
