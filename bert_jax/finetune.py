@@ -56,16 +56,22 @@ def read_table(path: str, columns: list[str]) -> list[dict]:
     """Rows of a .tsv, .csv or .jsonl file; every name in `columns` must exist."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="\n") as f:  # a bare \r inside a text is not a line end
         if path.endswith((".jsonl", ".json")):
             rows = [json.loads(line) for line in f if line.strip()]
+        elif path.endswith(".tsv"):  # TSV has no quoting: '"' and '\r' in a review are just characters
+            lines = [line.rstrip("\n").removesuffix("\r").split("\t") for line in f if line.strip()]
+            rows = [dict(zip(lines[0], fields)) for fields in lines[1:]] if lines else []
         else:
-            rows = list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
+            rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: no rows")
     missing = [c for c in columns if c not in rows[0]]
     if missing:
         raise ValueError(f"{path}: unknown column(s) {missing}; the file has {sorted(rows[0])}")
+    for number, row in enumerate(rows, 2):
+        if any(row.get(c) is None for c in columns):
+            raise ValueError(f"{path}: line {number} lacks column(s) {[c for c in columns if row.get(c) is None]}")
     return rows
 
 
@@ -117,8 +123,12 @@ def _batches(examples: Examples, batch_size: int, rng: np.random.Generator | Non
 
 def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_column: str, label_column: str,
              pair_column: str | None = None, max_length: int = 128, batch_size: int = 32, epochs: int = 3,
-             learning_rate: float = 5e-5, warmup_fraction: float = 0.1, patience: int = 1, seed: int = 0) -> dict:
-    """Fine-tunes the encoder of `init_dir` and saves the best epoch (by eval accuracy) in `workdir`."""
+             learning_rate: float = 5e-5, warmup_fraction: float = 0.1, patience: int = 1, seed: int = 0,
+             from_scratch: bool = False) -> dict:
+    """Fine-tunes the encoder of `init_dir` and saves the best epoch (by eval accuracy) in `workdir`.
+
+    `from_scratch` keeps the architecture and tokenizer of `init_dir` but starts from random
+    weights: the baseline that shows what pretraining buys."""
     base = pretrained.load(init_dir)
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
     train_rows, eval_rows = read_table(train_file, columns), read_table(eval_file, columns)
@@ -128,7 +138,8 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     model = BertClassifier(base.config, len(labels))
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), train.input_ids[:1], train.input_mask[:1],
                                       train.segment_ids[:1])["params"])
-    params["bert"] = base.params["bert"]
+    if not from_scratch:
+        params["bert"] = base.params["bert"]
     steps = epochs * -(-len(train.labels) // batch_size)
     warmup = max(1, int(steps * warmup_fraction))
     schedule = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup),

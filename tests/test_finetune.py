@@ -90,3 +90,29 @@ def test_bad_inputs(setup_dirs, tmp_path, capsys):
     assert "needs --text-pair-column" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path), "--input", str(root / "eval.tsv"), "--output", "x"]) == 2
     assert "not a `bert-jax finetune` output" in capsys.readouterr().err
+
+
+def test_from_scratch_keeps_architecture_but_not_weights(setup_dirs, tmp_path):
+    root = setup_dirs
+    finetune(str(root / "pre"), str(root / "train.tsv"), str(root / "eval.tsv"), str(tmp_path / "scratch"),
+             "text", "label", max_length=24, epochs=1, learning_rate=1e-9, from_scratch=True)
+    finetune(str(root / "pre"), str(root / "train.tsv"), str(root / "eval.tsv"), str(tmp_path / "warm"),
+             "text", "label", max_length=24, epochs=1, learning_rate=1e-9)
+    pre = pretrained.load(str(root / "pre")).params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    scratch = Classifier(str(tmp_path / "scratch")).params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    warm = Classifier(str(tmp_path / "warm")).params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    assert scratch.shape == pre.shape
+    np.testing.assert_allclose(warm, pre, atol=1e-6)  # learning rate ~0: the pretrained weights remain
+    assert np.abs(scratch - pre).max() > 1e-2
+
+
+def test_tsv_texts_may_hold_quotes_and_carriage_returns(tmp_path):
+    from bert_jax.finetune import read_table
+
+    path = tmp_path / "q.tsv"
+    path.write_bytes('id\tdocument\tlabel\n1\t"인용" 시작\t1\n2\t줄\r바꿈\t0\n3\t짧은\n'.encode())
+    with pytest.raises(ValueError, match="line 4 lacks column\\(s\\) \\['label'\\]"):
+        read_table(str(path), ["document", "label"])
+    path.write_bytes('id\tdocument\tlabel\r\n1\t"인용" 시작\t1\r\n2\t줄\r바꿈\t0\r\n'.encode())
+    rows = read_table(str(path), ["document", "label"])
+    assert [(r["document"], r["label"]) for r in rows] == [('"인용" 시작', "1"), ("줄\r바꿈", "0")]
