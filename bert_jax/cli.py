@@ -179,7 +179,8 @@ def _finetune(args) -> None:
         raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
     result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
                       args.text_pair_column, max_length=args.max_length, batch_size=args.batch_size,
-                      epochs=args.epochs, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed)
+                      epochs=args.epochs, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
+                      from_scratch=args.from_scratch)
     print(json.dumps({"best": result["best"], "labels": result["labels"], "truncated": result["truncated"]},
                      ensure_ascii=False))
 
@@ -215,6 +216,7 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--patience", type=int, default=1, help="epochs without eval improvement before stopping")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from-scratch", action="store_true", help="random weights, same architecture (baseline)")
     p.set_defaults(run=_finetune)
     p = subparsers.add_parser("predict", help="predictions with probabilities from a fine-tuned model")
     p.add_argument("--model", required=True)
