@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter, deque
 from typing import Iterator
@@ -27,6 +26,7 @@ import numpy as np
 from bert_jax import corpus, instances, masking
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.records import frame_records, serialize_examples
+from bert_jax.staging import staged_directory
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -249,10 +249,7 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
     auto_shards = max(1, min(1024, total_bytes // (32 << 20))) if total_bytes else 16
     train_shards = settings.num_shards or auto_shards
     num_shards = {"train": train_shards, "eval": max(1, round(train_shards * settings.eval_fraction))}
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".prepare-data-", dir=parent)
-    try:
+    with staged_directory(output, ".prepare-data-") as staging:
         stats, split_documents, shard_files, seconds = _write_shards(
             files, tokenizer_dir, staging, settings, workers, num_shards, total_bytes, progress)
         if stats["documents"] == 0:
@@ -265,12 +262,6 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
         metadata = _metadata(tok, settings, files, stats, split_documents, shard_files, seconds, workers)
         with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, ensure_ascii=False, indent=2)
-        if os.path.isdir(output) and not os.listdir(output):
-            os.rmdir(output)
-        os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return metadata
 
 

@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from bert_jax.staging import staged_directory
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
@@ -197,10 +197,7 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
     sentences = _sample_sentences(files, input_sentence_size, seed, stats)
     if not sentences:
         raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
-    try:
+    with staged_directory(output, ".tokenizer-") as staging:
         if model_type == "wordpiece":
             tokenizer = _train_wordpiece(sentences, settings, staging)
         else:
@@ -211,12 +208,6 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
                                                  "corpus": dict(stats)}
         with open(os.path.join(staging, SETTINGS_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, ensure_ascii=False, indent=2)
-        if os.path.isdir(output) and not os.listdir(output):
-            os.rmdir(output)
-        os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load(output)
 
 
