@@ -22,7 +22,7 @@ SHARED = os.path.join(HERE, "..", "..", "shared", "data")
 
 def main() -> None:
     from bert_jax import tokenizer
-    from bert_jax.default_config import demo_config
+    from bert_jax.default_config import demo_config, finetune_config
     from bert_jax.finetune import finetune
     from bert_jax.pretraining_data import DataSettings, prepare_data
     from bert_jax.train import train_and_evaluate
@@ -48,9 +48,11 @@ def main() -> None:
     budget = time.time() - start
     rows = []
     for name, scratch in (("pretrained on Korean Wikipedia", False), ("random initialisation", True)):
+        settings = finetune_config()
+        settings.train.update(max_length=args.max_length, epochs=args.epochs, learning_rate=5e-4,
+                              patience=args.epochs, from_scratch=scratch, log_every=200)
         result = finetune(f"{work}/pretrained", train, test, f"{work}/ft_{int(scratch)}", "document", "label",
-                          max_length=args.max_length, epochs=args.epochs, learning_rate=5e-4,
-                          patience=args.epochs, from_scratch=scratch)
+                          config=settings)
         rows.append((name, result["best"]))
     print(f"pretraining: {args.pretrain_steps} steps of 32 x 128 in {budget / 60:.1f} min on {os.cpu_count()} CPU "
           f"cores (eval MLM accuracy {pretrain_metrics.get('eval/mlm_acc', float('nan')):.3f})")

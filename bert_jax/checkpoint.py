@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    """Saves (state, rng) per step under `directory`; restores the latest onto given shardings."""
+    """Saves (state, rng, extra) per step under `directory`; restores the latest onto given shardings."""
 
     def __init__(self, directory: str, max_to_keep: int):
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -18,14 +18,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, rng) -> None:
-        """Starts an asynchronous save of `state` and the base rng at `step`."""
-        meta = {"step": step, "rng": np.asarray(jax.device_get(rng)).tolist()}
+    def save(self, step: int, state, rng, extra: dict | None = None) -> None:
+        """Starts an asynchronous save of `state`, the base rng and JSON-able `extra` at `step`."""
+        meta = {"step": step, "rng": np.asarray(jax.device_get(rng)).tolist(), "extra": extra or {}}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, abstract_state, step: int | None = None):
-        """(state, rng) of `step` (default: the latest) laid out as `abstract_state`
+        """(state, rng, extra) of `step` (default: the latest) laid out as `abstract_state`
         (ShapeDtypeStructs with shardings), or None when there is no checkpoint."""
         step = self.manager.latest_step() if step is None else step
         if step is None:
@@ -33,7 +33,7 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         rng = jax.numpy.asarray(np.asarray(restored["meta"]["rng"], np.uint32))
-        return restored["state"], rng
+        return restored["state"], rng, restored["meta"].get("extra", {})
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""

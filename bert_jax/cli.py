@@ -172,21 +172,34 @@ def _add_hf_parsers(subparsers) -> None:
     p.set_defaults(run=_import_hf)
 
 
+FINETUNE_FLAGS = {"max_length": "max_length", "batch_size": "global_batch_size", "epochs": "epochs",
+                  "learning_rate": "learning_rate", "patience": "patience", "seed": "seed"}
+
+
 def _finetune(args) -> None:
+    from bert_jax.config_loading import apply_overrides
+    from bert_jax.default_config import finetune_config
+    from bert_jax.distributed import maybe_initialize
     from bert_jax.finetune import finetune
 
     if (args.task == "pair-classification") != bool(args.text_pair_column):
         raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
+    maybe_initialize()
+    config = finetune_config()
+    for flag, field in FINETUNE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            config.train[field] = getattr(args, flag)
+    config.train.from_scratch = args.from_scratch
+    apply_overrides(config, args.overrides)
     result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
-                      args.text_pair_column, max_length=args.max_length, batch_size=args.batch_size,
-                      epochs=args.epochs, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed,
-                      from_scratch=args.from_scratch)
-    print(json.dumps({"best": result["best"], "labels": result["labels"], "truncated": result["truncated"]},
-                     ensure_ascii=False))
+                      args.text_pair_column, config)
+    if jax_process_index() == 0:
+        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated")}, ensure_ascii=False))
 
 
 def _predict(args) -> None:
-    from bert_jax.finetune import Classifier, read_table
+    from bert_jax.finetune import Classifier
+    from bert_jax.finetune_data import read_table
 
     classifier = Classifier(args.model)
     columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])
@@ -201,7 +214,9 @@ def _predict(args) -> None:
 
 
 def _add_finetune_parsers(subparsers) -> None:
-    p = subparsers.add_parser("finetune", help="fine-tune a classifier on labelled text")
+    p = subparsers.add_parser("finetune", help="fine-tune a classifier on labelled text",
+                              epilog="Any field of bert_jax.default_config.finetune_config() can be overridden: "
+                                     "--config.mesh.tensor=2 --config.model.dtype=bfloat16")
     p.add_argument("--init", required=True, help="pretraining workdir or Hugging Face BERT directory")
     p.add_argument("--train", required=True, help=".tsv, .csv or .jsonl")
     p.add_argument("--eval", required=True)
@@ -210,14 +225,14 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--text-pair-column")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--patience", type=int, default=1, help="epochs without eval improvement before stopping")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
+    p.add_argument("--batch-size", type=int, help="global batch (default 32)")
+    p.add_argument("--epochs", type=int, help="default 3")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
+    p.add_argument("--patience", type=int, help="epochs without eval improvement before stopping (default 1)")
+    p.add_argument("--seed", type=int)
     p.add_argument("--from-scratch", action="store_true", help="random weights, same architecture (baseline)")
-    p.set_defaults(run=_finetune)
+    p.set_defaults(run=_finetune, accepts_overrides=True)
     p = subparsers.add_parser("predict", help="predictions with probabilities from a fine-tuned model")
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True)

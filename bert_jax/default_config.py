@@ -85,3 +85,33 @@ def demo_config() -> ml_collections.ConfigDict:
                         checkpoint_every=200)
     config.optim.update(learning_rate=2e-3, warmup_steps=80, schedule="cosine")
     return config
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+    """Settings of `bert-jax finetune`; the architecture comes from the pretrained model, these
+    override how it runs (dropout, dtype) and how it trains. `--config.train.epochs=5` etc."""
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict(dict(
+        hidden_dropout=0.1,  # BERT's fine-tuning dropout, whatever pretraining used
+        attention_dropout=0.1,
+        dtype="float32",  # 'bfloat16' on TPU/GPU
+        attention_impl="auto",
+        remat=False,
+    ))
+    config.train = ml_collections.ConfigDict(dict(
+        max_length=128,  # tokens per example; longer texts are truncated and counted
+        global_batch_size=32,  # examples per step over all devices and hosts
+        epochs=3,
+        learning_rate=5e-5,  # peak, after warmup; then linear decay to 0
+        warmup_fraction=0.1,  # share of all steps spent warming up
+        weight_decay=0.01,  # never on LayerNorm parameters or biases
+        grad_clip_norm=1.0,  # 0 = off
+        patience=1,  # epochs without a better eval accuracy before stopping early
+        seed=0,  # head initialisation, dropout and example order
+        from_scratch=False,  # random weights with the pretrained architecture (a baseline)
+        log_every=50,  # steps between train metric lines
+        checkpoint_every=500,  # steps between checkpoints (and one after every epoch)
+        max_to_keep=2,
+    ))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return config

@@ -1,30 +1,38 @@
 """Fine-tuning `BertModel` + a classification head on labelled text (single texts or pairs).
 
-`bert-jax finetune` reads TSV/CSV/JSON lines, keeps the label names, trains with AdamW and warmup
-+ linear decay for a few epochs with early stopping on eval accuracy, and saves the best model
-(`model.safetensors`, `finetune.json`, `tokenizer/`); `bert-jax predict` and `Classifier` use it.
+The run uses pretraining's machinery: the same device mesh and logical sharding rules, a jitted
+train step with donated state, orbax checkpoints (resumed exactly, also after SIGTERM), and
+TensorBoard / metrics.jsonl / curves.png logs. Each epoch ends with accuracy and macro-F1 on the
+eval set; the best epoch is saved as `model.safetensors` + `finetune.json` + `tokenizer/`, which
+`bert-jax predict` and `Classifier` load.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import functools
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
-from flax import traverse_util
+import tensorflow as tf
 
-from bert_jax import pretrained, tokenizer as tokenizer_lib
-from bert_jax.model import BertConfig, BertModel
+from bert_jax import finetune_data, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
+from bert_jax.checkpoint import Checkpointer
+from bert_jax.default_config import finetune_config
+from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
+from bert_jax.model import BertConfig, BertModel, Dense
+from bert_jax.optim import decay_mask
+from bert_jax.preemption import Preemption
+from bert_jax.train_step import TrainState, zero_metrics
 
 SAVED = "finetune.json"
+TRAIN_KEYS = ("loss_sum", "correct", "count", "learning_rate", "grad_norm", "steps")
+CURVES = (("loss", "cross-entropy"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
 
 
 class BertClassifier(nn.Module):
@@ -37,197 +45,277 @@ class BertClassifier(nn.Module):
     def __call__(self, input_ids, input_mask, segment_ids, deterministic: bool = True):
         _, pooled = BertModel(self.config, name="bert")(input_ids, input_mask, segment_ids, deterministic)
         pooled = nn.Dropout(self.config.hidden_dropout)(pooled, deterministic=deterministic)
-        init = nn.initializers.normal(self.config.initializer_range)
-        return nn.Dense(self.num_labels, kernel_init=init, name="classifier")(pooled).astype(jnp.float32)
+        logits = Dense(self.config, (self.num_labels,), ("embed", None), name="classifier")(pooled)
+        return logits.astype(jnp.float32)
 
 
 @dataclasses.dataclass
-class Examples:
-    """Encoded examples: ids, mask and segments [N, S], label ids [N], and truncation count."""
+class FinetuneRun:
+    """The mesh, shardings and compiled steps of one fine-tuning run."""
 
-    input_ids: np.ndarray
-    input_mask: np.ndarray
-    segment_ids: np.ndarray
-    labels: np.ndarray
-    truncated: int
-
-
-def read_table(path: str, columns: list[str]) -> list[dict]:
-    """Rows of a .tsv, .csv or .jsonl file; every name in `columns` must exist."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8", newline="\n") as f:  # a bare \r inside a text is not a line end
-        if path.endswith((".jsonl", ".json")):
-            rows = [json.loads(line) for line in f if line.strip()]
-        elif path.endswith(".tsv"):  # TSV has no quoting: '"' and '\r' in a review are just characters
-            lines = [line.rstrip("\n").removesuffix("\r").split("\t") for line in f if line.strip()]
-            rows = [dict(zip(lines[0], fields)) for fields in lines[1:]] if lines else []
-        else:
-            rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: unknown column(s) {missing}; the file has {sorted(rows[0])}")
-    for number, row in enumerate(rows, 2):
-        if any(row.get(c) is None for c in columns):
-            raise ValueError(f"{path}: line {number} lacks column(s) {[c for c in columns if row.get(c) is None]}")
-    return rows
+    mesh: jax.sharding.Mesh
+    state_shardings: object
+    abstract_state: object
+    init: object
+    train_step: object
+    eval_step: object
 
 
-def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: str | None, max_length: int,
-           labels: list[str] | None, label_column: str | None) -> Examples:
-    """[CLS] text [SEP] (pair [SEP]) ids padded to `max_length`; longer texts are truncated, counted."""
-    n = len(rows)
-    ids = np.full((n, max_length), tok.pad_id, np.int32)
-    segments = np.zeros((n, max_length), np.int32)
-    firsts = tok.encode_batch([str(r[text_column]) for r in rows])
-    seconds = tok.encode_batch([str(r[pair_column]) for r in rows]) if pair_column else [[] for _ in rows]
-    truncated = 0
-    budget = max_length - (3 if pair_column else 2)
-    for i, (a, b) in enumerate(zip(firsts, seconds)):
-        if len(a) + len(b) > budget:
-            truncated += 1
-            while len(a) + len(b) > budget:
-                (a if len(a) >= len(b) else b).pop()
-        row = [tok.cls_id] + a + [tok.sep_id] + (b + [tok.sep_id] if pair_column else [])
-        ids[i, :len(row)] = row
-        segments[i, len(a) + 2:len(row)] = 1
-    label_ids = np.zeros(n, np.int32)
-    if label_column:
-        index = {name: k for k, name in enumerate(labels)}
-        for i, r in enumerate(rows):
-            name = str(r[label_column])
-            if name not in index:
-                raise ValueError(f"label {name!r} (row {i + 1}) did not occur in the training data {labels}")
-            label_ids[i] = index[name]
-    return Examples(ids, (ids != tok.pad_id).astype(np.int32), segments, label_ids, truncated)
+def _optimizer(train: ml_collections.ConfigDict, num_steps: int):
+    warmup = max(1, int(num_steps * train.warmup_fraction))
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, train.learning_rate, warmup),
+                                     optax.linear_schedule(train.learning_rate, 0.0, max(1, num_steps - warmup))],
+                                    [warmup])
+    tx = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
+    if train.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), tx)
+    return tx, schedule
 
 
-def accuracy_and_macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[float, float]:
-    f1s = []
-    for k in range(num_labels):
-        tp = np.sum((predictions == k) & (labels == k))
-        precision = tp / max(1, np.sum(predictions == k))
-        recall = tp / max(1, np.sum(labels == k))
-        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return float(np.mean(predictions == labels)), float(np.mean(f1s))
+def setup(model_config: BertConfig, num_labels: int, config: ml_collections.ConfigDict, num_steps: int) -> FinetuneRun:
+    """Mesh, optimizer, sharded initialisation and the jitted train / eval steps."""
+    mesh = sharding.make_mesh(dict(config.mesh))
+    batch = config.train.global_batch_size
+    if batch % sharding.data_parallel_size(mesh) or batch % jax.process_count():
+        raise ValueError(f"config.train.global_batch_size={batch} (--batch-size) is not divisible by the "
+                         f"data-parallel size {sharding.data_parallel_size(mesh)} and the "
+                         f"{jax.process_count()} processes")
+    model = BertClassifier(model_config, num_labels)
+    tx, schedule = _optimizer(config.train, num_steps)
+    length = config.train.max_length
+
+    def init(rng):
+        ids = jnp.zeros((1, length), jnp.int32)
+        params = model.init(rng, ids, ids, ids)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          metrics=zero_metrics(TRAIN_KEYS))
+
+    def apply(params, batch, rng=None):
+        rngs = None if rng is None else {"dropout": rng}
+        return model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+                           deterministic=rng is None, rngs=rngs)
+
+    def train_step(state: TrainState, batch: dict, rng) -> TrainState:
+        rng = jax.random.fold_in(rng, state.step)
+        weights = batch["weights"]
+
+        def loss_fn(params):
+            logits = apply(params, batch, rng)
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]) * weights
+            correct = (jnp.argmax(logits, -1) == batch["labels"]) * weights
+            return nll.sum() / jnp.maximum(weights.sum(), 1.0), (nll.sum(), correct.sum())
+
+        (_, (nll_sum, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        metrics = {"loss_sum": nll_sum, "correct": correct, "count": weights.sum(),
+                   "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads),
+                   "steps": jnp.ones(())}
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state,
+                             metrics=jax.tree.map(lambda a, b: a + b.astype(jnp.float32), state.metrics, metrics))
+
+    def eval_step(params, batch) -> dict:
+        logits = apply(params, batch)
+        weights = batch["weights"]
+        truth = jax.nn.one_hot(batch["labels"], num_labels) * weights[:, None]
+        confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), num_labels)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        return {"confusion": confusion, "loss_sum": jnp.sum(nll * weights)}
+
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    shardings = sharding.logical_shardings(abstract, mesh)
+    data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  nn.meta.unbox(abstract), shardings)
+    return FinetuneRun(
+        mesh, shardings, abstract_state,
+        init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings),
+        train_step=jax.jit(train_step, in_shardings=(shardings, data, replicated), out_shardings=shardings,
+                           donate_argnums=0),
+        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, data), out_shardings=replicated))
 
 
-def _batches(examples: Examples, batch_size: int, rng: np.random.Generator | None):
-    order = rng.permutation(len(examples.labels)) if rng is not None else np.arange(len(examples.labels))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield {k: getattr(examples, k)[idx] for k in ("input_ids", "input_mask", "segment_ids", "labels")}
+def _global_batch(examples: Examples, indices: np.ndarray, mesh) -> dict:
+    local = host_batch(examples, indices, jax.process_index(), jax.process_count())
+    data = sharding.batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(data, v) for k, v in local.items()}
+
+
+def evaluate(run: FinetuneRun, params, examples: Examples, global_batch: int) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 over every example of `examples` (no dropout)."""
+    confusion, loss_sum = 0.0, 0.0
+    for indices in batch_indices(len(examples.labels), global_batch, seed=None):
+        sums = jax.device_get(run.eval_step(params, _global_batch(examples, indices, run.mesh)))
+        confusion, loss_sum = confusion + sums["confusion"], loss_sum + float(sums["loss_sum"])
+    accuracy, macro_f1 = finetune_data.scores(confusion)
+    return {"eval/loss": loss_sum / len(examples.labels), "eval/accuracy": accuracy, "eval/macro_f1": macro_f1}
+
+
+def _train_metrics(sums: dict) -> dict[str, float]:
+    sums = {k: float(v) for k, v in sums.items()}
+    count, steps = max(sums["count"], 1e-9), max(sums["steps"], 1e-9)
+    return {"train/loss": sums["loss_sum"] / count, "train/accuracy": sums["correct"] / count,
+            "train/learning_rate": sums["learning_rate"] / steps, "train/grad_norm": sums["grad_norm"] / steps}
+
+
+def _best(history: list[dict]) -> dict | None:
+    return max(history, key=lambda h: h["eval_accuracy"]) if history else None  # first of equals
+
+
+def _patience_spent(history: list[dict], patience: int) -> bool:
+    return bool(history) and history[-1]["epoch"] - _best(history)["epoch"] >= patience
 
 
 def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_column: str, label_column: str,
-             pair_column: str | None = None, max_length: int = 128, batch_size: int = 32, epochs: int = 3,
-             learning_rate: float = 5e-5, warmup_fraction: float = 0.1, patience: int = 1, seed: int = 0,
-             from_scratch: bool = False) -> dict:
-    """Fine-tunes the encoder of `init_dir` and saves the best epoch (by eval accuracy) in `workdir`.
+             pair_column: str | None = None, config: ml_collections.ConfigDict | None = None) -> dict:
+    """Fine-tunes the encoder of `init_dir` (a pretraining workdir or a Hugging Face directory),
+    resuming from `workdir`'s checkpoints if any, and saves the best epoch by eval accuracy.
 
-    `from_scratch` keeps the architecture and tokenizer of `init_dir` but starts from random
-    weights: the baseline that shows what pretraining buys."""
+    Returns the best epoch's metrics, the per-epoch history, the label names and truncation counts."""
+    config = config or finetune_config()
+    train_cfg = config.train
     base = pretrained.load(init_dir)
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
     train_rows, eval_rows = read_table(train_file, columns), read_table(eval_file, columns)
     labels = sorted({str(r[label_column]) for r in train_rows})
-    train = encode(train_rows, base.tokenizer, text_column, pair_column, max_length, labels, label_column)
-    evaluation = encode(eval_rows, base.tokenizer, text_column, pair_column, max_length, labels, label_column)
-    model = BertClassifier(base.config, len(labels))
-    params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), train.input_ids[:1], train.input_mask[:1],
-                                      train.segment_ids[:1])["params"])
-    if not from_scratch:
-        params["bert"] = base.params["bert"]
-    steps = epochs * -(-len(train.labels) // batch_size)
-    warmup = max(1, int(steps * warmup_fraction))
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup),
-                                     optax.linear_schedule(learning_rate, 0.0, steps - warmup)], [warmup])
-    tx = optax.adamw(schedule, weight_decay=0.01)
-    opt_state = tx.init(params)
+    encoded = [encode(rows, base.tokenizer, text_column, pair_column, train_cfg.max_length, labels, label_column)
+               for rows in (train_rows, eval_rows)]
+    train, evaluation = encoded
+    model_config = dataclasses.replace(base.config, **dict(config.model))
+    if train_cfg.max_length > model_config.max_position_embeddings:
+        raise ValueError(f"config.train.max_length={train_cfg.max_length} (--max-length) exceeds the model's "
+                         f"max_position_embeddings={model_config.max_position_embeddings}")
+    steps_per_epoch = -(-len(train.labels) // train_cfg.global_batch_size)
+    num_steps = train_cfg.epochs * steps_per_epoch
+    run = setup(model_config, len(labels), config, num_steps)
+    is_main = jax.process_index() == 0
+    result = {"labels": labels, "truncated": {"train": train.truncated, "eval": evaluation.truncated}}
+    if is_main and (train.truncated or evaluation.truncated):
+        print(f"truncated to {train_cfg.max_length} tokens: {train.truncated} train and {evaluation.truncated} "
+              f"eval examples", flush=True)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
+    state, rng, history = _restore_or_init(run, checkpointer, base, config, labels, num_steps)
+    step = int(state.step)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main)
+    if is_main:
+        _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
+    preemption = Preemption()
+    try:
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            while step < num_steps and not _patience_spent(history, train_cfg.patience):
+                epoch, position = divmod(step, steps_per_epoch)
+                order = batch_indices(len(train.labels), train_cfg.global_batch_size, train_cfg.seed, epoch)
+                state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
+                step += 1
+                epoch_end = step % steps_per_epoch == 0
+                if step % train_cfg.log_every == 0 or epoch_end:
+                    metrics = _train_metrics(jax.device_get(state.metrics))
+                    if not np.isfinite(metrics["train/loss"]):
+                        raise FloatingPointError(f"non-finite fine-tuning loss at step {step}; lower "
+                                                 f"--learning-rate. Checkpoints and the best model are kept")
+                    state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
+                    logger.write(step, metrics)
+                if epoch_end:
+                    scores = evaluate(run, state.params, evaluation, train_cfg.global_batch_size)
+                    history.append({"epoch": epoch + 1, "step": step, "eval_accuracy": scores["eval/accuracy"],
+                                    "eval_macro_f1": scores["eval/macro_f1"], "eval_loss": scores["eval/loss"]})
+                    logger.write(step, scores | {"epoch": epoch + 1})
+                    if _best(history) is history[-1]:
+                        _save_best(workdir, run, state.params, model_config, labels, train_cfg.max_length,
+                                   pair_column is not None, base.tokenizer.directory)
+                preempted = preemption.check(step)
+                if epoch_end or step % train_cfg.checkpoint_every == 0 or preempted:
+                    checkpointer.save(step, state, rng, {"history": history, "labels": labels, "num_steps": num_steps})
+                if preempted:
+                    if is_main:
+                        print(f"SIGTERM: saved a checkpoint at step {step}; run the same command to continue",
+                              flush=True)
+                    return result | {"best": _best(history), "history": history, "preempted": True}
+    finally:
+        preemption.restore()
+        checkpointer.close()
+    if is_main and history:
+        metrics_log.plot_curves(workdir, CURVES)
+    return result | {"best": _best(history), "history": history}
 
-    @jax.jit
-    def train_step(params, opt_state, batch, rng):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                                 deterministic=False, rngs={"dropout": rng})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    history, best, waited = [], None, 0
-    rng = np.random.default_rng(seed)
-    step = 0
-    for epoch in range(1, epochs + 1):
-        losses = []
-        for batch in _batches(train, batch_size, rng):
-            params, opt_state, loss = train_step(params, opt_state, batch, jax.random.PRNGKey(step))
-            losses.append(float(loss))
-            step += 1
-        probabilities = _probabilities(model, params, evaluation, batch_size)
-        acc, f1 = accuracy_and_macro_f1(probabilities.argmax(-1), evaluation.labels, len(labels))
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "eval_accuracy": acc, "eval_macro_f1": f1})
-        print(json.dumps(history[-1]), flush=True)
-        if best is None or acc > best["eval_accuracy"]:
-            best, waited = history[-1], 0
-            _save(workdir, model, params, base, labels, max_length, pair_column is not None)
-        else:
-            waited += 1
-            if waited >= patience:
-                break
-    return {"best": best, "history": history, "labels": labels,
-            "truncated": {"train": train.truncated, "eval": evaluation.truncated}}
+def _restore_or_init(run: FinetuneRun, checkpointer: Checkpointer, base, config, labels, num_steps):
+    """(state, rng, history) of the latest checkpoint, or a fresh state with the pretrained encoder."""
+    restored = checkpointer.restore(run.abstract_state)
+    if restored is not None:
+        state, rng, extra = restored
+        if extra["labels"] != labels or extra["num_steps"] != num_steps:
+            raise ValueError(f"--workdir holds a fine-tuning run with labels {extra['labels']} and "
+                             f"{extra['num_steps']} steps, not {labels} and {num_steps}; use a new --workdir")
+        return state, rng, list(extra["history"])
+    rng = jax.random.PRNGKey(config.train.seed)
+    state = run.init(jax.random.fold_in(rng, 1))
+    if not config.train.from_scratch:
+        params = dict(state.params) | {"bert": jax.device_put(base.params["bert"], run.state_shardings.params["bert"])}
+        state = state.replace(params=params)
+    return state, rng, []
 
 
-def _probabilities(model, params, examples: Examples, batch_size: int) -> np.ndarray:
-    apply = _apply_fn(model.config, model.num_labels)
-    out = [np.asarray(jax.nn.softmax(apply(params, b["input_ids"], b["input_mask"], b["segment_ids"]), -1))
-           for b in _batches(examples, batch_size, None)]
-    return np.concatenate(out)
+def _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config) -> None:
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict() | {"init": init_dir, "train_file": train_file, "eval_file": eval_file,
+                                      "labels": labels, "model": dataclasses.asdict(model_config)}, f, indent=2)
 
 
-@functools.lru_cache(maxsize=8)
-def _apply_fn(config: BertConfig, num_labels: int):
-    model = BertClassifier(config, num_labels)
-    return jax.jit(lambda p, i, m, s: model.apply({"params": p}, i, m, s))
+def _save_best(workdir, run, params, model_config, labels, max_length, pairs, tokenizer_dir) -> None:
+    """Writes the parameters (gathered from every device) and what `Classifier` needs; the weights
+    go to a temporary name first, so an interrupted save never leaves a broken best model."""
+    from flax import traverse_util
+    from safetensors.numpy import save
 
-
-def _save(workdir, model, params, base, labels, max_length, pairs) -> None:
-    from safetensors.numpy import save_file
-
-    os.makedirs(workdir, exist_ok=True)
-    flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
-    save_file(flat, os.path.join(workdir, "model.safetensors"))
-    with open(os.path.join(workdir, SAVED), "w") as f:
-        json.dump({"model": dataclasses.asdict(base.config), "labels": labels, "max_length": max_length,
+    gathered = jax.device_get(jax.jit(lambda p: p, out_shardings=sharding.replicated(run.mesh))(params))
+    if jax.process_index() != 0:
+        return
+    flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(gathered).items()}
+    path = os.path.join(workdir, "model.safetensors")
+    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
+        f.write(save(flat))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(workdir, SAVED), "w") as f:
+        json.dump({"model": dataclasses.asdict(model_config), "labels": labels, "max_length": max_length,
                    "pairs": pairs}, f, indent=2)
-    if not os.path.exists(os.path.join(workdir, "tokenizer")):
-        shutil.copytree(base.tokenizer.directory, os.path.join(workdir, "tokenizer"),
-                        ignore=lambda d, names: [n for n in names if n.endswith((".safetensors", ".bin"))])
+    destination = os.path.join(workdir, "tokenizer")
+    if not tf.io.gfile.exists(destination):
+        tf.io.gfile.makedirs(destination)
+        for name in tf.io.gfile.listdir(tokenizer_dir):
+            if not name.endswith((".safetensors", ".bin")) and not tf.io.gfile.isdir(os.path.join(tokenizer_dir, name)):
+                tf.io.gfile.copy(os.path.join(tokenizer_dir, name), os.path.join(destination, name))
 
 
 class Classifier:
     """A saved fine-tuned model: `predict(texts, pairs=None)` -> (label names, probabilities)."""
 
     def __init__(self, workdir: str):
-        from safetensors.numpy import load_file
+        from flax import traverse_util
+        from safetensors.numpy import load
 
         path = os.path.join(workdir, SAVED)
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"--model {workdir}: no {SAVED}; not a `bert-jax finetune` output")
-        with open(path) as f:
+        with tf.io.gfile.GFile(path) as f:
             saved = json.load(f)
         self.labels, self.max_length, self.pairs = saved["labels"], saved["max_length"], saved["pairs"]
-        self.model = BertClassifier(BertConfig(**saved["model"]), len(self.labels))
-        flat = load_file(os.path.join(workdir, "model.safetensors"))
+        config = BertConfig(**saved["model"])
+        model = BertClassifier(config, len(self.labels))
+        self._apply = jax.jit(lambda p, i, m, s: jax.nn.softmax(model.apply({"params": p}, i, m, s), -1))
+        with tf.io.gfile.GFile(os.path.join(workdir, "model.safetensors"), "rb") as f:
+            flat = load(f.read())
         self.params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
         self.tokenizer = tokenizer_lib.load(os.path.join(workdir, "tokenizer"))
 
-    def predict(self, texts: list[str], pairs: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64
+                ) -> tuple[list[str], np.ndarray]:
+        """Label names and [len(texts), labels] probabilities."""
         rows = [{"text": t, "pair": p} for t, p in zip(texts, pairs or [""] * len(texts))]
         examples = encode(rows, self.tokenizer, "text", "pair" if self.pairs else None, self.max_length, None, None)
-        probabilities = _probabilities(self.model, self.params, examples, 64)
+        out = [np.asarray(self._apply(self.params, examples.input_ids[i:i + batch_size],
+                                      examples.input_mask[i:i + batch_size], examples.segment_ids[i:i + batch_size]))
+               for i in range(0, len(texts), batch_size)]
+        probabilities = np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
         return [self.labels[k] for k in probabilities.argmax(-1)], probabilities

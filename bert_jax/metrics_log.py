@@ -78,8 +78,9 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdir: str) -> str:
-    """Draws train and eval MLM/NSP loss and accuracy against steps into `curves.png`."""
+def plot_curves(workdir: str, curves=CURVES) -> str:
+    """Draws train and eval `curves` ((metric, title) pairs; default MLM/NSP loss and accuracy)
+    against steps into `curves.png`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +88,9 @@ def plot_curves(workdir: str) -> str:
 
     rows = read_metrics(workdir)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (name, title) in zip(axes.flat, CURVES):
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (name, title) in zip(axes.flat, curves):
         for prefix, style in (("train", "-"), ("eval", "o-")):
             points = [(r["step"], r[f"{prefix}/{name}"]) for r in rows if f"{prefix}/{name}" in r]
             if points:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 
 import flax.linen as nn
@@ -20,6 +19,7 @@ from bert_jax import flops, hf, hf_weights, input_pipeline, metrics_log, shardin
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.optim import make_optimizer
+from bert_jax.preemption import Preemption
 from bert_jax.pretraining_data import load_metadata
 from bert_jax.train_step import (SUM_KEYS, all_finite, init_state, make_eval_step,
                                  make_train_step, zero_metrics)
@@ -60,33 +60,6 @@ def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
     if eval_batch and (eval_batch % sharding.data_parallel_size(mesh) or eval_batch % jax.process_count()):
         raise ValueError(f"config.data.eval_batch_size={eval_batch} is not divisible by the data-parallel "
                          f"size {sharding.data_parallel_size(mesh)} and the {jax.process_count()} processes")
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps. With several processes the flags
-    are combined every `sync_every` steps, so that a SIGTERM on any host stops every host at the
-    same step for one coordinated save."""
-
-    def __init__(self, sync_every: int = 10):
-        self._local = False
-        self._sync_every = sync_every
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        self.requested = False
-
-    def _handle(self, signum, frame):
-        self._local = True
-
-    def check(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            self.requested = self._local
-        elif step % self._sync_every == 0:
-            from jax.experimental import multihost_utils
-
-            self.requested = bool(np.any(multihost_utils.process_allgather(np.array(self._local))))
-        return self.requested
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -220,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     rng = jax.random.PRNGKey(train.seed)
     restored = checkpointer.restore(run.abstract_state)
     if restored is not None:
-        state, rng = restored
+        state, rng, _ = restored
     else:
         state = run.init(jax.random.fold_in(rng, 1))
         if imported is not None:
@@ -240,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     step_flops = train.global_batch_size * flops.train_flops_per_sequence(
         run.model, seq, metadata["max_predictions_per_seq"])
     peak = flops.peak_tflops(jax.devices()[0].device_kind, train.peak_tflops_per_device)
-    preemption = _Preemption()
+    preemption = Preemption()
     last = {}
     window_start, window_steps = time.time(), 0
     if is_main:

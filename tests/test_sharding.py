@@ -66,7 +66,7 @@ def test_checkpoint_restores_onto_another_mesh(data_dir, tmp_path):  # noqa: F81
     continued, _, _ = _losses(data_dir, first, steps=2, state=state, start=2)  # donates `state`
     run_other = setup(tiny_config(), load_metadata(data_dir), mesh=make_mesh(other))
     checkpointer = Checkpointer(str(tmp_path / "ckpt"), 2)
-    restored, _ = checkpointer.restore(run_other.abstract_state)
+    restored, _, _ = checkpointer.restore(run_other.abstract_state)
     checkpointer.close()
     assert restored.params["mlm_bias"].sharding.spec == P("tensor")
     resumed, _, _ = _losses(data_dir, other, steps=2, state=restored, start=2)
