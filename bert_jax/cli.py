@@ -30,6 +30,7 @@ def _prepare_data(args) -> None:
         masking=args.masking, dupe_factor=args.dupe_factor, mask_prob=args.mask_prob,
         max_predictions_per_seq=args.max_predictions_per_seq, eval_fraction=args.eval_fraction,
         num_shards=args.num_shards, seed=args.seed, docs_per_chunk=args.docs_per_chunk,
+        chunk_chars=args.chunk_chars,
         text_field=args.text_field)
     metadata = prepare_data(args.input, args.tokenizer, args.output, settings, workers=args.workers,
                             progress=not args.quiet)
@@ -73,7 +74,8 @@ def _add_prepare_parser(subparsers) -> None:
     p.add_argument("--num-shards", type=int, default=0, help="train shards (0 = by input size)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--docs-per-chunk", type=int, default=128)
+    p.add_argument("--docs-per-chunk", type=int, default=128, help="most documents per worker task")
+    p.add_argument("--chunk-chars", type=int, default=100_000, help="characters per worker task")
     p.add_argument("--text-field", default="text", help="field of JSON lines / tfds records")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_prepare_data)

@@ -94,22 +94,57 @@ def _looks_binary(text: str) -> bool:
 def read_plain_text(path: str, stats: CorpusStats, max_chars: int) -> Iterator[list[str]]:
     """One sentence per line, a blank line between documents."""
     document: list[str] = []
-    with open(path, "rb") as f:
-        for raw in f:
-            stats["bytes_read"] += len(raw)
-            text = clean_line(raw.rstrip(b"\n"), stats)
+    for lines in _cleaned_line_blocks(path, stats):
+        for text in lines:
             if text is None:
                 continue
             if not text:
                 if document:
                     yield document
                 document = []
-                continue
-            pieces = split_long(text, max_chars)
-            stats["long_lines_split"] += len(pieces) > 1
-            document.extend(pieces)
+            elif len(text) > max_chars:
+                stats["long_lines_split"] += 1
+                document.extend(split_long(text, max_chars))
+            else:
+                document.append(text)
     if document:
         yield document
+
+
+_BLOCK_BYTES = 1 << 22
+_UNUSUAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd\ufeff]")  # what clean_line repairs or counts
+
+
+def _cleaned_line_blocks(path: str, stats: CorpusStats) -> Iterator[list[str | None]]:
+    """The file's lines, cleaned, in blocks of about 4 MB. A block of plain UTF-8 text is decoded
+    and normalised at once; a block with anything unusual goes through `clean_line` line by line."""
+    with open(path, "rb") as f:
+        rest = b""
+        while block := f.read(_BLOCK_BYTES):
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield _clean_block(data[:cut], stats)
+        if rest:
+            yield _clean_block(rest, stats)
+
+
+def _clean_block(block: bytes, stats: CorpusStats) -> list[str | None]:
+    stats["bytes_read"] += len(block)
+    raw_lines = block.split(b"\n")
+    if block.endswith(b"\n"):
+        raw_lines.pop()
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or b"\r" in block or _UNUSUAL.search(text):
+        return [clean_line(raw, stats) for raw in raw_lines]
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    lines = text.split("\n")
+    return [line.strip() for line in (lines[:-1] if block.endswith(b"\n") else lines)]
 
 
 def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:

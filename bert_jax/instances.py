@@ -37,16 +37,29 @@ def split_long_segment(tokens: np.ndarray, word_starts: np.ndarray, limit: int) 
     return pieces
 
 
+def truncated_lengths(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
+    """Lengths left when tokens are dropped one at a time from the longer segment (B on ties)
+    until both fit in `max_tokens`."""
+    excess = len_a + len_b - max_tokens
+    if excess <= 0:
+        return len_a, len_b
+    gap = abs(len_a - len_b)
+    if gap >= excess:
+        return (len_a - excess, len_b) if len_a > len_b else (len_a, len_b - excess)
+    rest = excess - gap  # both are equal now; removals alternate, B first
+    equal = min(len_a, len_b)
+    return equal - rest // 2, equal - (rest + 1) // 2
+
+
 def _truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: random.Random):
-    """Drops tokens from the longer segment, at its front or back at random, until both fit."""
-    cuts = [[0, len(a)], [0, len(b)]]  # [start, end) kept of a and b
-    while (cuts[0][1] - cuts[0][0]) + (cuts[1][1] - cuts[1][0]) > max_tokens:
-        longer = cuts[0] if cuts[0][1] - cuts[0][0] > cuts[1][1] - cuts[1][0] else cuts[1]
-        if rng.random() < 0.5:
-            longer[0] += 1
-        else:
-            longer[1] -= 1
-    return a[cuts[0][0]:cuts[0][1]], b[cuts[1][0]:cuts[1][1]]
+    """Drops tokens from the longer segment until both fit, each at its front or back at random."""
+    keep_a, keep_b = truncated_lengths(len(a), len(b), max_tokens)
+    out = []
+    for tokens, keep in ((a, keep_a), (b, keep_b)):
+        dropped = len(tokens) - keep
+        front = rng.getrandbits(dropped).bit_count() if dropped else 0  # Binomial(dropped, 1/2)
+        out.append(tokens[front:front + keep])
+    return out[0], out[1]
 
 
 _EMPTY = np.zeros(0, np.int32)

@@ -17,6 +17,8 @@ import multiprocessing
 import os
 import random
 import shutil
+import sys
+import threading
 import time
 from collections import Counter, deque
 from typing import Iterator
@@ -47,7 +49,8 @@ class DataSettings:
     eval_fraction: float = 0.02
     num_shards: int = 0  # train shards; 0 = one per 32 MB of input text (at least 1)
     seed: int = 12345
-    docs_per_chunk: int = 128
+    docs_per_chunk: int = 128  # a chunk (one worker task, the pool of NSP negatives) closes at this
+    chunk_chars: int = 100_000  # many documents or this many characters, whichever comes first
     max_sentence_chars: int = 2000
     text_field: str = "text"
 
@@ -62,8 +65,9 @@ class DataSettings:
             raise ValueError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.dupe_factor < 1 or self.docs_per_chunk < 2 or self.num_shards < 0:
-            raise ValueError("--dupe-factor must be >= 1, --docs-per-chunk >= 2, --num-shards >= 0")
+        if self.dupe_factor < 1 or self.docs_per_chunk < 2 or self.num_shards < 0 or self.chunk_chars < 1:
+            raise ValueError("--dupe-factor must be >= 1, --docs-per-chunk >= 2, --chunk-chars >= 1, "
+                             "--num-shards >= 0")
         if not 0 < self.max_predictions_per_seq <= self.max_seq_length:
             raise ValueError(f"--max-predictions-per-seq must be in [1, --max-seq-length], "
                              f"got {self.max_predictions_per_seq}")
@@ -79,7 +83,16 @@ _worker_tokenizer: tokenizer_lib.Tokenizer | None = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _worker_tokenizer = tokenizer_lib.load(tokenizer_dir)
+    if _worker_tokenizer is None or _worker_tokenizer.directory != tokenizer_dir:  # forked: inherited
+        _worker_tokenizer = tokenizer_lib.load(tokenizer_dir)
+
+
+def _start_method() -> str:
+    """'fork' (fast: workers inherit the imports and the loaded tokenizer) when this process runs
+    no other threads and has not loaded JAX or TensorFlow, whose thread pools do not survive a
+    fork; 'spawn' otherwise (e.g. inside a training script or a notebook)."""
+    busy = threading.active_count() > 1 or {"jax", "tensorflow"} & set(sys.modules)
+    return "spawn" if busy or "fork" not in multiprocessing.get_all_start_methods() else "fork"
 
 
 def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer, limit: int,
@@ -155,18 +168,22 @@ def _mask_statically(features: list[dict], tok, settings: DataSettings, rng: ran
 def _chunks(documents: Iterator[list[str]], settings: DataSettings, split_counts: dict
             ) -> Iterator[tuple[str, int, list[list[str]], DataSettings]]:
     """Routes documents to train/eval (every round(1/f)-th document to eval, the first included)
-    and groups each split into chunks of `docs_per_chunk` documents."""
+    and groups each split into chunks of `docs_per_chunk` documents or `chunk_chars` characters
+    (at least 2 documents, so that NSP has negatives)."""
     pending = {"train": [], "eval": []}
+    chars = {"train": 0, "eval": 0}
     index = {"train": 0, "eval": 0}
     f = settings.eval_fraction
     for i, document in enumerate(documents):
         split = "eval" if math.ceil((i + 1) * f) > math.ceil(i * f) else "train"
         split_counts[split] += 1
         pending[split].append(document)
-        if len(pending[split]) == settings.docs_per_chunk:
+        chars[split] += sum(map(len, document))
+        if len(pending[split]) == settings.docs_per_chunk or (
+                chars[split] >= settings.chunk_chars and len(pending[split]) >= 2):
             yield split, index[split], pending[split], settings
             index[split] += 1
-            pending[split] = []
+            pending[split], chars[split] = [], 0
     for split in ("train", "eval"):
         if pending[split]:
             yield split, index[split], pending[split], settings
@@ -180,7 +197,9 @@ def _ordered_map(jobs, workers: int, tokenizer_dir: str):
         for job in jobs:
             yield job, process_chunk(job)
         return
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method())
+    if context.get_start_method() == "fork":
+        _init_worker(tokenizer_dir)
     with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir,)) as pool:
         in_flight: deque = deque()
         for job in jobs:

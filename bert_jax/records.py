@@ -32,20 +32,31 @@ def _varint(value: int) -> bytes:
     return _SMALL_VARINTS[value] if value < (1 << 14) else _encode_varint(value)
 
 
-def _varint_lengths_and_bytes(values: np.ndarray) -> tuple[np.ndarray, bytes]:
-    """Bytes per value and the concatenated varints of non-negative integers."""
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes per value and the concatenated varints (uint8) of non-negative integers."""
     v = np.asarray(values, dtype=np.int64)
     if v.size and v.min() < 0:
         raise ValueError("only non-negative integers are supported")
+    largest = int(v.max(initial=0))
+    if largest < 1 << 7:
+        return np.ones(v.size, np.int64), v.astype(np.uint8)
+    if largest < 1 << 14:  # the common case (token ids below 16384): one or two bytes
+        two = v >= 1 << 7
+        n = 1 + two
+        starts = np.cumsum(n) - n
+        data = np.empty(int(n.sum()), np.uint8)
+        data[starts] = np.where(two, (v & 0x7F) | 0x80, v)
+        data[starts[two] + 1] = v[two] >> 7
+        return n, data
     v = v.astype(np.uint64)
-    width = max(1, (int(v.max(initial=0)).bit_length() + 6) // 7)  # 7-bit groups of the largest
+    width = (largest.bit_length() + 6) // 7  # 7-bit groups of the largest
     shifts = _SHIFTS[:width]
     groups = (v[:, None] >> shifts[None, :]) & np.uint64(0x7F)
     n = 1 + ((v[:, None] >> shifts[None, 1:]) > 0).sum(axis=1)  # 7-bit groups per value
     used = np.arange(width)[None, :] < n[:, None]
     more = np.arange(width)[None, :] < (n - 1)[:, None]
     data = (groups | np.where(more, np.uint64(0x80), np.uint64(0))).astype(np.uint8)
-    return n, data[used].tobytes()
+    return n, data[used]
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -53,35 +64,74 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _feature_payloads(values: list[np.ndarray]) -> list[bytes]:
-    """`Feature` messages for one feature across examples (varints of all of them in one pass)."""
-    if np.issubdtype(values[0].dtype, np.floating):
-        return [_field(2, _field(1, v.astype("<f4").tobytes())) for v in values]  # Feature.float_list
-    flat = np.concatenate(values)
-    if flat.size == 0 or (flat.min() >= 0 and flat.max() < 0x80):
-        blob, byte_lengths = flat.astype(np.uint8).tobytes(), np.ones(flat.size, np.int64)
+def _constant(data: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tile(np.frombuffer(data, np.uint8), count), np.full(count, len(data), np.int64)
+
+
+def _join_columns(columns: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row concatenation of ragged byte columns, each (bytes of all rows, bytes per row),
+    as one gather: returns the joined bytes and the bytes per row."""
+    lengths = np.stack([length for _, length in columns], axis=1)
+    bases = np.cumsum([0] + [len(blob) for blob, _ in columns[:-1]])
+    starts = np.stack([np.cumsum(length) - length + base for (_, length), base in zip(columns, bases)], axis=1)
+    flat_lengths, flat_starts = lengths.reshape(-1), starts.reshape(-1)
+    out_starts = np.cumsum(flat_lengths) - flat_lengths
+    index = np.repeat(flat_starts - out_starts, flat_lengths) + np.arange(int(flat_lengths.sum()))
+    return np.concatenate([blob for blob, _ in columns])[index], lengths.sum(axis=1)
+
+
+def _varint_column(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths, data = _varints(values)
+    return data, lengths
+
+
+def _list_payload(examples: list[dict], name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The Feature tag (float_list or int64_list), and the packed values of every example with
+    their byte counts."""
+    if np.ndim(examples[0][name]) == 0:  # one value per example
+        flat, counts = np.array([e[name] for e in examples]), np.ones(len(examples), np.int64)
     else:
-        byte_lengths, blob = _varint_lengths_and_bytes(flat)
-    ends = np.concatenate([[0], np.cumsum(byte_lengths)])[np.cumsum([len(v) for v in values])]
-    starts = np.concatenate([[0], ends[:-1]])
-    return [_field(3, _field(1, blob[a:b])) for a, b in zip(starts.tolist(), ends.tolist())]
+        values = [e[name] for e in examples]
+        counts = np.fromiter(map(len, values), np.int64, len(values))
+        flat = np.concatenate(values)
+    if np.issubdtype(flat.dtype, np.floating):
+        return b"\x12", flat.astype("<f4").view(np.uint8), counts * 4
+    byte_lengths, blob = _varints(flat)
+    ends = np.concatenate([[0], np.cumsum(byte_lengths)])[np.cumsum(counts)]
+    return b"\x1a", blob, ends - np.concatenate([[0], ends[:-1]])
+
+
+def _prefixed_length(length: np.ndarray) -> np.ndarray:
+    """Bytes of a length-delimited field whose payload has `length` bytes (1-byte tag)."""
+    return 1 + _varints(length)[0] + length
 
 
 def serialize_examples(examples: list[dict[str, np.ndarray]]) -> list[bytes]:
     """Serialised `tf.train.Example`s (all with the same feature names); integer arrays become
-    int64 lists, float arrays float lists."""
+    int64 lists, float arrays float lists. Every length prefix of all examples is computed with
+    numpy and all bytes are laid out in one gather; Python only cuts the result into records."""
     if not examples:
         return []
     names = list(examples[0])
     if any(list(example) != names for example in examples):
         raise ValueError("all examples must have the same features in the same order")
-    headers = [_field(1, name.encode()) for name in names]
-    columns = [_feature_payloads([np.atleast_1d(e[name]) for e in examples]) for name in names]
-    records = []
-    for features in zip(*columns):
-        entries = b"".join(_field(1, header + _field(2, feature)) for header, feature in zip(headers, features))
-        records.append(_field(1, entries))
-    return records
+    count, columns, features_length = len(examples), [], 0
+    for name in names:
+        tag, blob, payload = _list_payload(examples, name)
+        packed = _prefixed_length(payload)  # Int64List / FloatList {packed values}
+        feature = _prefixed_length(packed)  # Feature {tag: list}
+        key = _field(1, name.encode())
+        entry = len(key) + _prefixed_length(feature)  # map entry {key, value: Feature}
+        features_length = features_length + _prefixed_length(entry)
+        header = _join_columns([_constant(b"\x0a", count), _varint_column(entry), _constant(key + b"\x12", count),
+                                _varint_column(feature), _constant(tag, count), _varint_column(packed),
+                                _constant(b"\x0a", count), _varint_column(payload)])
+        columns += [header, (blob, payload)]
+    record_header = _join_columns([_constant(b"\x0a", count), _varint_column(features_length)])
+    blob, lengths = _join_columns([record_header] + columns)
+    data = blob.tobytes()
+    ends = np.cumsum(lengths).tolist()
+    return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 def _masked_crc(data: bytes) -> bytes:

@@ -251,3 +251,65 @@ def test_korean_wikipedia(tmp_path):
     real = np.array([(e["input_ids"] >= 4).sum() for e in examples[:2000]])  # [MASK] was a real token
     assert abs(weights.sum() / np.minimum(20, np.round(real * 0.15)).sum() - 1) < 0.1
     assert tok.vocab_size == 4000
+
+
+def test_truncation_drops_from_the_longer_segment_at_random_ends():
+    import random
+
+    from bert_jax.instances import _truncate_pair, truncated_lengths
+
+    def one_at_a_time(a, b, limit):
+        while a + b > limit:
+            a, b = (a - 1, b) if a > b else (a, b - 1)
+        return a, b
+
+    for a, b, limit in [(a, b, m) for a in range(30) for b in range(30) for m in range(1, 40)]:
+        assert truncated_lengths(a, b, limit) == one_at_a_time(a, b, limit)
+    rng, fronts = random.Random(0), []
+    for _ in range(200):
+        kept_a, kept_b = _truncate_pair(np.arange(100), np.arange(100, 110), 50, rng)
+        assert len(kept_a) == 40 and list(kept_b) == list(range(100, 110))
+        assert list(kept_a) == list(range(kept_a[0], kept_a[0] + 40))  # a contiguous window
+        fronts.append(kept_a[0])
+    assert 25 < np.mean(fronts) < 35  # 60 drops, each at the front with probability 1/2
+
+
+def test_block_reader_equals_line_by_line_cleaning(tmp_path, korean_corpus, monkeypatch):
+    from bert_jax import corpus
+
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(korean_corpus.read_bytes() + "\n\n정상 문장\r\n둘째 줄\n\n".encode() + b"\xff\n" + "끝".encode())
+
+    def documents():
+        stats = corpus.CorpusStats()
+        return list(corpus.read_plain_text(str(path), stats, 2000)), stats
+
+    blocks, block_stats = documents()
+    monkeypatch.setattr(corpus, "_BLOCK_BYTES", 37)  # blocks that end inside lines and characters
+    small, small_stats = documents()
+    lines = [corpus.clean_line(raw.rstrip(b"\n"), corpus.CorpusStats()) for raw in open(path, "rb")]
+    expected, document = [], []
+    for line in lines:
+        if line:
+            document.append(line)
+        elif line == "" and document:
+            expected, document = expected + [document], []
+    assert blocks == small == expected + [document]
+    assert block_stats == small_stats and block_stats["crlf_line_endings"] == 1
+    assert block_stats["lines_with_invalid_utf8_repaired"] == 1
+
+
+def test_forked_cli_workers_write_what_one_process_writes(tmp_path, korean_corpus, tokenizer_dir):
+    import subprocess
+    import sys
+
+    settings = DataSettings(max_seq_length=48, num_shards=2, chunk_chars=2000)
+    prepare_data([str(korean_corpus)], tokenizer_dir, str(tmp_path / "one"), settings, workers=1, progress=False)
+    code = ("import sys; from bert_jax import pretraining_data as p; from bert_jax.cli import main; "
+            "assert p._start_method() == 'fork'; sys.exit(main(sys.argv[1:]))")
+    subprocess.run([sys.executable, "-c", code, "prepare-data", "--input", str(korean_corpus), "--tokenizer",
+                    tokenizer_dir, "--output", str(tmp_path / "forked"), "--workers", "2", "--max-seq-length", "48",
+                    "--num-shards", "2", "--chunk-chars", "2000", "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "forked")
+    chunks = json.load(open(tmp_path / "one" / "metadata.json"))["arguments"]["chunk_chars"]
+    assert chunks == 2000
