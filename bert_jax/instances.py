@@ -3,11 +3,15 @@
 The algorithm of google-research/bert's `create_instances_from_document`, with its known flaws
 fixed: a random next segment always comes from a *different* document, unused segments are put
 back, and SOP (ALBERT's sentence-order prediction) is available.
+
+A chunk's tokens lie in one flat array in which every document, and every run of consecutive
+sentences, is a contiguous range. Documents are given as their sentence boundaries
+(`[s0, s1, ..., sk]`: sentence i is `flat[s_i:s_i+1]`), so pairing and truncation only move
+integers, and `assemble` builds all examples of a chunk with one numpy gather.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import numpy as np
@@ -15,26 +19,15 @@ import numpy as np
 PAIR_TASKS = ("nsp", "sop", "none")
 
 
-@dataclasses.dataclass
-class Instance:
-    """One example before masking; next_sentence_label 0 = B follows A, 1 = random (NSP) / swapped (SOP)."""
-
-    input_ids: np.ndarray
-    segment_ids: np.ndarray
-    next_sentence_label: int
-
-
-def split_long_segment(tokens: np.ndarray, word_starts: np.ndarray, limit: int) -> list[np.ndarray]:
-    """Cuts a tokenized sentence longer than `limit` at word starts into pieces of at most `limit`."""
-    pieces = []
-    start = 0
-    while len(tokens) - start > limit:
+def split_points(word_starts: np.ndarray, limit: int) -> list[int]:
+    """Cut offsets (excluding 0 and the end) that split a sentence longer than `limit` tokens at
+    word starts into pieces of at most `limit` (a hard cut where a word is longer)."""
+    cuts, start = [], 0
+    while len(word_starts) - start > limit:
         starts = np.flatnonzero(word_starts[start + 1:start + limit + 1]) + start + 1
-        cut = int(starts[-1]) if len(starts) else start + limit
-        pieces.append(tokens[start:cut])
-        start = cut
-    pieces.append(tokens[start:])
-    return pieces
+        start = int(starts[-1]) if len(starts) else start + limit
+        cuts.append(start)
+    return cuts
 
 
 def truncated_lengths(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -51,86 +44,90 @@ def truncated_lengths(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int
     return equal - rest // 2, equal - (rest + 1) // 2
 
 
-def _truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: random.Random):
-    """Drops tokens from the longer segment until both fit, each at its front or back at random."""
-    keep_a, keep_b = truncated_lengths(len(a), len(b), max_tokens)
+def truncate_pair(a: tuple[int, int], b: tuple[int, int], max_tokens: int, rng: random.Random):
+    """Ranges `a` and `b` shortened until both fit, each dropped token at the front or the back
+    of its segment with probability 1/2."""
+    keep_a, keep_b = truncated_lengths(a[1] - a[0], b[1] - b[0], max_tokens)
     out = []
-    for tokens, keep in ((a, keep_a), (b, keep_b)):
-        dropped = len(tokens) - keep
+    for (start, end), keep in ((a, keep_a), (b, keep_b)):
+        dropped = end - start - keep
         front = rng.getrandbits(dropped).bit_count() if dropped else 0  # Binomial(dropped, 1/2)
-        out.append(tokens[front:front + keep])
+        out.append((start + front, start + front + keep))
     return out[0], out[1]
 
 
-_EMPTY = np.zeros(0, np.int32)
+_NONE = (0, 0)
 
 
-def _concat(segments: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(segments) if segments else _EMPTY
-
-
-def create_instances(documents: list[list[np.ndarray]], doc_index: int, max_seq_length: int,
-                     short_seq_prob: float, pair_task: str, rng: random.Random, cls_id: int,
-                     sep_id: int) -> list[Instance]:
-    """Instances from `documents[doc_index]` (a list of token arrays, one per sentence)."""
-    document = documents[doc_index]
+def create_instances(documents: list[list[int]], doc_index: int, max_seq_length: int, short_seq_prob: float,
+                     pair_task: str, rng: random.Random) -> list[tuple[int, int, int, int, int]]:
+    """Instances of `documents[doc_index]` as (a_start, a_end, b_start, b_end, label) ranges of
+    the flat token array; label 0 = B follows A, 1 = random (NSP) / swapped (SOP)."""
+    bounds = documents[doc_index]
+    sentences = len(bounds) - 1
     max_tokens = max_seq_length - (3 if pair_task != "none" else 2)
-    target = max_tokens
-    if rng.random() < short_seq_prob:
-        target = rng.randint(2, max_tokens)
+    target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
     instances = []
-    chunk: list[np.ndarray] = []
-    chunk_length = 0
-    i = 0
-    while i < len(document):
-        chunk.append(document[i])
-        chunk_length += len(document[i])
-        if i == len(document) - 1 or chunk_length >= target:
+    first, i = 0, 0
+    while i < sentences:
+        if i == sentences - 1 or bounds[i + 1] - bounds[first] >= target:
             if pair_task == "none":
-                tokens_a, tokens_b, label = _concat(chunk), _EMPTY, 0
+                a, b, label = (bounds[first], bounds[i + 1]), _NONE, 0
             else:
-                tokens_a, tokens_b, label, unused = _make_pair(chunk, documents, doc_index, target,
-                                                               pair_task, rng)
+                a, b, label, unused = _make_pair(documents, doc_index, first, i + 1, target, pair_task, rng)
                 i -= unused
-            tokens_a, tokens_b = _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
-            if len(tokens_a) and (len(tokens_b) or pair_task == "none"):
-                instances.append(_assemble(tokens_a, tokens_b, label, cls_id, sep_id))
-            chunk, chunk_length = [], 0
+            a, b = truncate_pair(a, b, max_tokens, rng)
+            if a[1] > a[0] and (b[1] > b[0] or pair_task == "none"):
+                instances.append((a[0], a[1], b[0], b[1], label))
+            first = i + 1
         i += 1
     return instances
 
 
-def _make_pair(chunk, documents, doc_index, target, pair_task, rng):
-    """Splits `chunk` into segments A and B; returns (a, b, label, segments put back)."""
-    if pair_task == "sop" and len(chunk) == 1:
-        tokens = _concat(chunk)
-        if len(tokens) < 2:
-            return tokens, _EMPTY, 0, 0
-        cut = rng.randint(1, len(tokens) - 1)
-        a, b = tokens[:cut], tokens[cut:]
+def _make_pair(documents, doc_index, first, stop, target, pair_task, rng):
+    """Splits sentences [first, stop) into segments A and B; returns (a, b, label, sentences put back)."""
+    bounds = documents[doc_index]
+    count = stop - first
+    if pair_task == "sop" and count == 1:
+        start, end = bounds[first], bounds[stop]
+        if end - start < 2:
+            return (start, end), _NONE, 0, 0
+        cut = start + rng.randint(1, end - start - 1)
+        a, b = (start, cut), (cut, end)
         return (b, a, 1, 0) if rng.random() < 0.5 else (a, b, 0, 0)
-    a_end = 1 if len(chunk) < 2 else rng.randint(1, len(chunk) - 1)
-    a = _concat(chunk[:a_end])
+    a_end = first + (1 if count < 2 else rng.randint(1, count - 1))
+    a = (bounds[first], bounds[a_end])
     if pair_task == "sop":
-        b = _concat(chunk[a_end:])
+        b = (bounds[a_end], bounds[stop])
         return (b, a, 1, 0) if rng.random() < 0.5 else (a, b, 0, 0)
-    if (len(chunk) == 1 or rng.random() < 0.5) and len(documents) > 1:
+    if (count == 1 or rng.random() < 0.5) and len(documents) > 1:
         other = rng.randrange(len(documents) - 1)
         other += other >= doc_index  # never the same document
-        random_doc = documents[other]
-        taken, taken_length = [], 0
-        for sentence in random_doc[rng.randrange(len(random_doc)):]:
-            taken.append(sentence)
-            taken_length += len(sentence)
-            if taken_length >= target - len(a):
-                break
-        return a, _concat(taken), 1, len(chunk) - a_end
-    return a, _concat(chunk[a_end:]), 0, 0
+        random_bounds = documents[other]
+        start = rng.randrange(len(random_bounds) - 1)
+        end = start + 1
+        while end < len(random_bounds) - 1 and random_bounds[end] - random_bounds[start] < target - (a[1] - a[0]):
+            end += 1
+        return a, (random_bounds[start], random_bounds[end]), 1, stop - a_end
+    return a, (bounds[a_end], bounds[stop]), 0, 0
 
 
-def _assemble(tokens_a: np.ndarray, tokens_b: np.ndarray, label: int, cls_id: int, sep_id: int) -> Instance:
-    parts = [[cls_id], tokens_a, [sep_id]] + ([tokens_b, [sep_id]] if len(tokens_b) else [])
-    ids = np.concatenate(parts).astype(np.int32)
-    segments = np.zeros(len(ids), np.int32)
-    segments[len(tokens_a) + 2:] = 1
-    return Instance(ids, segments, label)
+def assemble(flat: np.ndarray, instances: np.ndarray, cls_id: int, sep_id: int) -> dict[str, tuple]:
+    """`[CLS] A [SEP] (B [SEP])` for every (a_start, a_end, b_start, b_end, label) row, as flat
+    columns (values, count per example): input_ids, segment_ids, next_sentence_label."""
+    a_start, a_end, b_start, b_end, labels = (instances[:, k] for k in range(5))
+    len_a, len_b = a_end - a_start, b_end - b_start
+    has_b = (len_b > 0).astype(np.int64)
+    cls_at, sep_at = len(flat), len(flat) + 1
+    source = np.concatenate([flat, np.array([cls_id, sep_id], flat.dtype)])
+    ones = np.ones_like(len_a)
+    starts = np.stack([cls_at * ones, a_start, sep_at * ones, b_start, sep_at * ones], axis=1)
+    lengths = np.stack([ones, len_a, ones, len_b, has_b], axis=1)
+    flat_lengths = lengths.reshape(-1)
+    offsets = np.cumsum(flat_lengths) - flat_lengths
+    index = np.repeat(starts.reshape(-1) - offsets, flat_lengths) + np.arange(int(flat_lengths.sum()))
+    counts = lengths.sum(axis=1)
+    position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    segments = (position >= np.repeat(len_a + 2, counts)).astype(np.int32)
+    return {"input_ids": (source[index].astype(np.int32), counts), "segment_ids": (segments, counts),
+            "next_sentence_label": (labels.astype(np.int32), ones)}

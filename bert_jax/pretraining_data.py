@@ -27,7 +27,7 @@ import numpy as np
 
 from bert_jax import corpus, instances, masking
 from bert_jax import tokenizer as tokenizer_lib
-from bert_jax.records import frame_records, serialize_examples
+from bert_jax.records import frame_records, serialize_columns
 from bert_jax.staging import staged_directory
 
 FORMAT_VERSION = 1
@@ -80,11 +80,11 @@ class DataSettings:
 _worker_tokenizer: tokenizer_lib.Tokenizer | None = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer: str | tokenizer_lib.Tokenizer) -> None:
+    """Sets the tokenizer of this process (a directory to load when spawned, the loaded one in-process)."""
     global _worker_tokenizer
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if _worker_tokenizer is None or _worker_tokenizer.directory != tokenizer_dir:  # forked: inherited
-        _worker_tokenizer = tokenizer_lib.load(tokenizer_dir)
+    _worker_tokenizer = tokenizer_lib.load(tokenizer) if isinstance(tokenizer, str) else tokenizer
 
 
 def _start_method() -> str:
@@ -96,29 +96,32 @@ def _start_method() -> str:
 
 
 def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer, limit: int,
-                        stats: Counter) -> list[list[np.ndarray]]:
-    """Token arrays per sentence per document; sentences longer than `limit` are split."""
+                        stats: Counter) -> tuple[np.ndarray, list[list[int]]]:
+    """All tokens of the chunk in one array, and each document's sentence boundaries in it
+    (documents without tokens left out); sentences longer than `limit` are split at word starts."""
     encoded = tok.encode_batch([sentence for document in documents for sentence in document])
     lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
     flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
     stats["tokens"] += len(flat)
     stats["unk_tokens"] += int((flat == tok.unk_id).sum())
     stats["sentences_without_tokens"] += int((lengths == 0).sum())
-    sentences = np.split(flat, np.cumsum(lengths)[:-1]) if len(encoded) else []
+    ends, sizes = np.cumsum(lengths).tolist(), lengths.tolist()
     result, k = [], 0
     for document in documents:
-        pieces = []
-        for ids in sentences[k:k + len(document)]:
-            if len(ids) > limit:
-                split = instances.split_long_segment(ids, tok.is_word_start[ids], limit)
+        bounds = []
+        for end, size in zip(ends[k:k + len(document)], sizes[k:k + len(document)]):
+            if not size:
+                continue
+            start = end - size
+            bounds = bounds or [start]
+            if size > limit:
                 stats["long_sentences_split"] += 1
-                pieces.extend(split)
-            elif len(ids):
-                pieces.append(ids)
+                bounds.extend(start + cut for cut in instances.split_points(tok.is_word_start[flat[start:end]], limit))
+            bounds.append(end)
         k += len(document)
-        if pieces:
-            result.append(pieces)
-    return result
+        if bounds:
+            result.append(bounds)
+    return flat, result
 
 
 def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[list[bytes], Counter]:
@@ -128,39 +131,43 @@ def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[
     stats: Counter = Counter()
     rng = random.Random(f"{settings.seed}/{split}/{chunk_index}")
     max_tokens = settings.max_seq_length - (3 if settings.pair_task != "none" else 2)
-    docs = _tokenize_documents(documents, tok, max(1, max_tokens // 2), stats)
+    flat, docs = _tokenize_documents(documents, tok, max(1, max_tokens // 2), stats)
     if len(docs) == 1 and settings.pair_task == "nsp":
         stats["documents_in_chunks_without_partner"] += 1
     made = [inst for _ in range(settings.dupe_factor) for d in range(len(docs))
             for inst in instances.create_instances(docs, d, settings.max_seq_length, settings.short_seq_prob,
-                                                   settings.pair_task, rng, tok.cls_id, tok.sep_id)]
+                                                   settings.pair_task, rng)]
     rng.shuffle(made)
-    features = [{"input_ids": x.input_ids, "segment_ids": x.segment_ids,
-                 "word_starts": tok.is_word_start[x.input_ids].astype(np.int32),
-                 "next_sentence_label": np.int32(x.next_sentence_label)} for x in made]
-    if settings.masking == "static" and features:
-        _mask_statically(features, tok, settings, rng)
-    stats["examples"] = len(features)
-    stats["example_tokens"] = sum(len(f["input_ids"]) for f in features)
-    return serialize_examples(features), stats
+    stats["examples"] = len(made)
+    if not made:
+        return [], stats
+    columns = instances.assemble(flat, np.array(made, np.int64), tok.cls_id, tok.sep_id)
+    ids, counts = columns["input_ids"]
+    stats["example_tokens"] = len(ids)
+    if settings.masking == "static":
+        columns |= _mask_statically(ids, counts, tok, settings, rng)
+    else:
+        columns = {"input_ids": columns["input_ids"], "segment_ids": columns["segment_ids"],
+                   "word_starts": (tok.is_word_start[ids].astype(np.int32), counts),
+                   "next_sentence_label": columns["next_sentence_label"]}
+    return serialize_columns(columns), stats
 
 
-def _mask_statically(features: list[dict], tok, settings: DataSettings, rng: random.Random) -> None:
+def _mask_statically(ids: np.ndarray, counts: np.ndarray, tok, settings: DataSettings,
+                     rng: random.Random) -> dict[str, tuple]:
+    """Masked input ids and the masked positions, ids and weights of every example, as columns."""
     config = masking.MaskingConfig(settings.mask_prob, settings.max_predictions_per_seq,
                                    tok.vocab_size, tok.mask_id, tok.special_ids)
-    length = settings.max_seq_length
-    ids = np.zeros((len(features), length), np.int32)
-    starts = np.zeros((len(features), length), bool)
-    for row, f in enumerate(features):
-        ids[row, :len(f["input_ids"])] = f["input_ids"]
-        starts[row, :len(f["input_ids"])] = f["word_starts"]
-    masked = masking.mask_batch(ids, starts, np.random.default_rng(rng.getrandbits(64)), config)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        f["input_ids"] = masked["input_ids"][row, :n]
-        del f["word_starts"]
-        for key in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
-            f[key] = masked[key][row]
+    rows = np.repeat(np.arange(len(counts)), counts)
+    cols = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
+    dense = np.zeros((len(counts), settings.max_seq_length), np.int32)
+    dense[rows, cols] = ids
+    starts = np.zeros(dense.shape, bool)
+    starts[rows, cols] = tok.is_word_start[ids]
+    masked = masking.mask_batch(dense, starts, np.random.default_rng(rng.getrandbits(64)), config)
+    slots = np.full(len(counts), settings.max_predictions_per_seq, np.int64)
+    return {"input_ids": (masked["input_ids"][rows, cols], counts)} | {
+        key: (masked[key].reshape(-1), slots) for key in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")}
 
 
 # ---- main side -----------------------------------------------------------------------------
@@ -189,18 +196,20 @@ def _chunks(documents: Iterator[list[str]], settings: DataSettings, split_counts
             yield split, index[split], pending[split], settings
 
 
-def _ordered_map(jobs, workers: int, tokenizer_dir: str):
+def _ordered_map(jobs, workers: int, tok: tokenizer_lib.Tokenizer):
     """Runs `process_chunk` over `jobs` on `workers` processes, yielding results in job order
     with at most 2 * workers + 2 jobs in flight."""
     if workers <= 1:
-        _init_worker(tokenizer_dir)
+        _init_worker(tok)
         for job in jobs:
             yield job, process_chunk(job)
         return
     context = multiprocessing.get_context(_start_method())
-    if context.get_start_method() == "fork":
-        _init_worker(tokenizer_dir)
-    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir,)) as pool:
+    forked = context.get_start_method() == "fork"
+    if forked:
+        _init_worker(tok)  # the workers inherit it
+    with context.Pool(workers, initializer=None if forked else _init_worker,
+                      initargs=() if forked else (tok.directory,)) as pool:
         in_flight: deque = deque()
         for job in jobs:
             in_flight.append((job, pool.apply_async(process_chunk, (job,))))
@@ -270,7 +279,7 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
     num_shards = {"train": train_shards, "eval": max(1, round(train_shards * settings.eval_fraction))}
     with staged_directory(output, ".prepare-data-") as staging:
         stats, split_documents, shard_files, seconds = _write_shards(
-            files, tokenizer_dir, staging, settings, workers, num_shards, total_bytes, progress)
+            files, tok, staging, settings, workers, num_shards, total_bytes, progress)
         if stats["documents"] == 0:
             raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no documents")
         if not shard_files["train"]:
@@ -284,7 +293,7 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
     return metadata
 
 
-def _write_shards(files, tokenizer_dir, staging, settings, workers, num_shards, total_bytes, progress):
+def _write_shards(files, tok, staging, settings, workers, num_shards, total_bytes, progress):
     from tqdm import tqdm
 
     stats = corpus.CorpusStats()
@@ -292,10 +301,11 @@ def _write_shards(files, tokenizer_dir, staging, settings, workers, num_shards, 
     writers = _ShardWriters(staging, num_shards)
     documents = corpus.read_documents(files, stats, settings.max_sentence_chars, settings.text_field)
     jobs = _chunks(documents, settings, split_documents)
+    tqdm.monitor_interval = 0  # no tqdm monitor thread, so that the workers can be forked
     bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, disable=not progress,
                desc="prepare-data", mininterval=1.0)
     start = time.time()
-    for (split, chunk_index, _, _), (records, chunk_stats) in _ordered_map(jobs, workers, tokenizer_dir):
+    for (split, chunk_index, _, _), (records, chunk_stats) in _ordered_map(jobs, workers, tok):
         writers.write(split, chunk_index, records)
         stats.update({f"{split}_{k}" if k in ("examples", "example_tokens") else k: v
                       for k, v in chunk_stats.items()})

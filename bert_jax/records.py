@@ -85,20 +85,26 @@ def _varint_column(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return data, lengths
 
 
-def _list_payload(examples: list[dict], name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+def _list_payload(values: np.ndarray, counts: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The Feature tag (float_list or int64_list), and the packed values of every example with
     their byte counts."""
-    if np.ndim(examples[0][name]) == 0:  # one value per example
-        flat, counts = np.array([e[name] for e in examples]), np.ones(len(examples), np.int64)
-    else:
-        values = [e[name] for e in examples]
-        counts = np.fromiter(map(len, values), np.int64, len(values))
-        flat = np.concatenate(values)
-    if np.issubdtype(flat.dtype, np.floating):
-        return b"\x12", flat.astype("<f4").view(np.uint8), counts * 4
-    byte_lengths, blob = _varints(flat)
+    if np.issubdtype(values.dtype, np.floating):
+        return b"\x12", values.astype("<f4").view(np.uint8), counts * 4
+    byte_lengths, blob = _varints(values)
     ends = np.concatenate([[0], np.cumsum(byte_lengths)])[np.cumsum(counts)]
     return b"\x1a", blob, ends - np.concatenate([[0], ends[:-1]])
+
+
+def columns_of(examples: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-example feature dicts -> {name: (all values, values per example)}."""
+    names = list(examples[0])
+    if any(list(example) != names for example in examples):
+        raise ValueError("all examples must have the same features in the same order")
+    columns = {}
+    for name in names:
+        values = [np.atleast_1d(e[name]) for e in examples]
+        columns[name] = np.concatenate(values), np.fromiter(map(len, values), np.int64, len(values))
+    return columns
 
 
 def _prefixed_length(length: np.ndarray) -> np.ndarray:
@@ -108,16 +114,18 @@ def _prefixed_length(length: np.ndarray) -> np.ndarray:
 
 def serialize_examples(examples: list[dict[str, np.ndarray]]) -> list[bytes]:
     """Serialised `tf.train.Example`s (all with the same feature names); integer arrays become
-    int64 lists, float arrays float lists. Every length prefix of all examples is computed with
-    numpy and all bytes are laid out in one gather; Python only cuts the result into records."""
-    if not examples:
-        return []
-    names = list(examples[0])
-    if any(list(example) != names for example in examples):
-        raise ValueError("all examples must have the same features in the same order")
-    count, columns, features_length = len(examples), [], 0
-    for name in names:
-        tag, blob, payload = _list_payload(examples, name)
+    int64 lists, float arrays float lists."""
+    return serialize_columns(columns_of(examples)) if examples else []
+
+
+def serialize_columns(columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
+    """Serialised `tf.train.Example`s from {feature: (values of all examples, values per example)}.
+    Every length prefix is computed with numpy and all bytes are laid out in one gather; Python
+    only cuts the result into records."""
+    count = len(next(iter(columns.values()))[1])
+    parts, features_length = [], 0
+    for name, (values, counts) in columns.items():
+        tag, blob, payload = _list_payload(np.asarray(values), np.asarray(counts, np.int64))
         packed = _prefixed_length(payload)  # Int64List / FloatList {packed values}
         feature = _prefixed_length(packed)  # Feature {tag: list}
         key = _field(1, name.encode())
@@ -126,9 +134,9 @@ def serialize_examples(examples: list[dict[str, np.ndarray]]) -> list[bytes]:
         header = _join_columns([_constant(b"\x0a", count), _varint_column(entry), _constant(key + b"\x12", count),
                                 _varint_column(feature), _constant(tag, count), _varint_column(packed),
                                 _constant(b"\x0a", count), _varint_column(payload)])
-        columns += [header, (blob, payload)]
+        parts += [header, (blob, payload)]
     record_header = _join_columns([_constant(b"\x0a", count), _varint_column(features_length)])
-    blob, lengths = _join_columns([record_header] + columns)
+    blob, lengths = _join_columns([record_header] + parts)
     data = blob.tobytes()
     ends = np.cumsum(lengths).tolist()
     return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
