@@ -40,17 +40,28 @@ def init_state(model: BertForPreTraining, tx: optax.GradientTransformation, rng,
                       metrics=zero_metrics())
 
 
+def cross_entropy_and_hits(logits, labels) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy with integer labels, and 1.0 where the label's logit is the largest.
+
+    The label's logit is picked with a compare-and-sum rather than a gather, and hits compare it
+    with the maximum rather than taking an argmax: XLA fuses both into passes over the logits,
+    and the gradient (softmax minus one-hot) needs no scatter over the vocabulary. A label that
+    ties for the maximum counts as a hit."""
+    logits = logits.astype(jnp.float32)
+    is_label = jnp.arange(logits.shape[-1]) == labels[..., None]
+    label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
+    nll = jax.nn.logsumexp(logits, axis=-1) - label_logit
+    hits = (label_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
+    return nll, hits
+
+
 def metric_sums(mlm_logits, nsp_logits, batch, use_nsp: bool) -> dict[str, jax.Array]:
     """Weighted sums and denominators: MLM over real predictions (weights, never `label > 0`),
     NSP over real examples."""
     weights = batch["masked_lm_weights"].astype(jnp.float32)
-    labels = batch["masked_lm_ids"]
-    nll = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, labels)
-    correct = (jnp.argmax(mlm_logits, -1) == labels).astype(jnp.float32)
+    nll, correct = cross_entropy_and_hits(mlm_logits, batch["masked_lm_ids"])
     example_weights = batch["example_weights"].astype(jnp.float32) * (1.0 if use_nsp else 0.0)
-    nsp_labels = batch["next_sentence_labels"]
-    nsp_nll = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, nsp_labels)
-    nsp_correct = (jnp.argmax(nsp_logits, -1) == nsp_labels).astype(jnp.float32)
+    nsp_nll, nsp_correct = cross_entropy_and_hits(nsp_logits, batch["next_sentence_labels"])
     return {
         "mlm_loss_sum": jnp.sum(nll * weights), "mlm_correct": jnp.sum(correct * weights),
         "mlm_weight": jnp.sum(weights), "nsp_loss_sum": jnp.sum(nsp_nll * example_weights),

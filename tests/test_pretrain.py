@@ -214,3 +214,20 @@ def test_train_step_compiles_once(data_dir):
         state, _ = run.train_step(state, _global_batch(batch, run.mesh), jax.random.PRNGKey(0))
         state = state.replace(metrics=jax.tree.map(lambda x: x * 0, state.metrics))
     assert run.train_step._cache_size() == 1
+
+
+def test_cross_entropy_and_hits_equal_optax_and_argmax():
+    import jax.numpy as jnp
+    import optax
+
+    from bert_jax.train_step import cross_entropy_and_hits
+
+    logits = jax.random.normal(jax.random.PRNGKey(0), (6, 20, 300)) * 4
+    labels = jax.random.randint(jax.random.PRNGKey(1), (6, 20), 0, 300)
+    labels = labels.at[0, :5].set(jnp.argmax(logits[0, :5], -1))  # some hits
+    nll, hits = cross_entropy_and_hits(logits, labels)
+    np.testing.assert_allclose(nll, optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
+    np.testing.assert_array_equal(hits, (jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    ours = jax.grad(lambda x: cross_entropy_and_hits(x, labels)[0].sum())(logits)
+    reference = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).sum())(logits)
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
