@@ -4,7 +4,9 @@
 
 Both run forward, backward and an AdamW update on the same batch (random ids, 15% of positions
 masked with the 80/10/10 rule, NSP labels), same sequence length, batch and threads (all cores).
-Times are medians over `--steps` steps after warm-up (our compile included in warm-up only).
+After warm-up (our compile included in warm-up only) the two steps alternate, ours then theirs,
+`--steps` times, so that both see the same machine; times are medians, and the ratio is the
+median of the per-pair ratios (shared machines drift by tens of percent between minutes).
 MFU is our analytic model FLOPs per step (MLM head at the masked positions) over a float32
 matmul peak measured in the same run.
 """
@@ -58,7 +60,25 @@ def _median_seconds(step, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def time_ours(layers: int, hidden: int, batch: dict, steps: int, dtype: str = "float32") -> tuple[float, object]:
+def _seconds(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def alternate(ours, theirs, warmup: int, steps: int) -> tuple[float, float, float]:
+    """Median seconds of each step and the median of per-pair ratios theirs / ours, with the two
+    steps run alternately."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    pairs = [(_seconds(ours), _seconds(theirs)) for _ in range(steps)]
+    return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
+            statistics.median(b / a for a, b in pairs))
+
+
+def our_step(layers: int, hidden: int, batch: dict, dtype: str = "float32"):
+    """(step function that runs one jitted train step to completion, the compiled Run)."""
     config = bert_config(num_layers=layers, hidden_size=hidden, vocab_size=VOCAB, dtype=dtype,
                          hidden_dropout=0.1, attention_dropout=0.0)
     config.data.update(max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS)
@@ -75,10 +95,17 @@ def time_ours(layers: int, hidden: int, batch: dict, steps: int, dtype: str = "f
         state["s"], _ = run.train_step(state["s"], global_batch, rng)
         jax.block_until_ready(state["s"].step)
 
+    return step, run
+
+
+def time_ours(layers: int, hidden: int, batch: dict, steps: int, dtype: str = "float32") -> tuple[float, object]:
+    """Median seconds of our step alone, and the compiled Run."""
+    step, run = our_step(layers, hidden, batch, dtype)
     return _median_seconds(step, 3, steps), run
 
 
-def time_reference(layers: int, hidden: int, batch: dict, steps: int) -> float:
+def reference_step(layers: int, hidden: int, batch: dict):
+    """A step function of transformers' BertForPreTraining with torch.optim.AdamW on `batch`."""
     import torch
     import transformers
 
@@ -103,7 +130,7 @@ def time_reference(layers: int, hidden: int, batch: dict, steps: int) -> float:
         model(**inputs).loss.backward()
         optimizer.step()
 
-    return _median_seconds(step, 2, steps)
+    return step
 
 
 def measured_matmul_peak(size: int = 4096, repeats: int = 10) -> float:
@@ -129,12 +156,12 @@ def main() -> None:
     for name in args.configs:
         layers, hidden, batch_size = CONFIGS[name]
         batch = make_batch(args.batch or batch_size)
-        ours, run = time_ours(layers, hidden, batch, args.steps)
-        reference = time_reference(layers, hidden, batch, args.steps)
+        step, run = our_step(layers, hidden, batch)
+        ours, reference, ratio = alternate(step, reference_step(layers, hidden, batch), 2, args.steps)
         tokens = len(batch["input_ids"]) * SEQ
         step_flops = len(batch["input_ids"]) * flops.train_flops_per_sequence(run.model, SEQ, PREDICTIONS)
         print(f"| {name} (L{layers}/H{hidden}, vocab {VOCAB}) | {len(batch['input_ids'])} x {SEQ} | {ours:.3f} | "
-              f"{tokens / ours:,.0f} | {reference:.3f} | {tokens / reference:,.0f} | {reference / ours:.2f}x | "
+              f"{tokens / ours:,.0f} | {reference:.3f} | {tokens / reference:,.0f} | {ratio:.2f}x | "
               f"{step_flops / 1e9:.1f} | {step_flops / ours / peak:.0%} |", flush=True)
 
 

@@ -196,3 +196,41 @@ def test_parameters_and_optimizer_state_are_sharded_like_pretraining(setup_dirs)
     assert sum("tensor" in str(spec) for spec in specs.values()) >= 4  # heads, feed-forward, vocabulary
     mu = jax.tree_util.tree_leaves(run.state_shardings.opt_state)
     assert sum("tensor" in str(s.spec) for s in mu) >= 8
+
+
+def test_two_processes_on_loopback_fine_tune_like_one(setup_dirs, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    root = setup_dirs
+    flags = ["--max-length", "24", "--batch-size", "16", "--epochs", "2", "--learning-rate", "1e-3",
+             "--config.train.log_every=2"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   JAX_PLATFORMS="cpu")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "bert_jax.cli", "finetune", "--init", str(root / "pre"), "--train",
+             str(root / "train.tsv"), "--eval", str(root / "eval.tsv"), "--workdir", str(tmp_path / "two")] + flags,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert main(["finetune", "--init", str(root / "pre"), "--train", str(root / "train.tsv"), "--eval",
+                 str(root / "eval.tsv"), "--workdir", str(tmp_path / "one")] + flags) == 0
+
+    def logged(name):
+        return [r for r in map(json.loads, open(tmp_path / name / "metrics.jsonl"))]
+
+    two, one = logged("two"), logged("one")
+    assert [sorted(r) for r in two] == [sorted(r) for r in one]
+    for a, b in zip(two, one):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    np.testing.assert_allclose(Classifier(str(tmp_path / "two")).predict(["서울은 학교의 좋다."])[1],
+                               Classifier(str(tmp_path / "one")).predict(["서울은 학교의 좋다."])[1], rtol=1e-4)

@@ -1,0 +1,80 @@
+"""Where the train step's time goes: a `jax.profiler` trace of a few steps, summed per XLA op.
+
+    python benchmarks/profile_step.py [--config mini] [--steps 3] [--top 15]
+
+Traces `--steps` steps of the benchmark config (after warm-up) into a temporary directory, reads
+the trace back with `jax.profiler.ProfileData`, and prints the ops that took the most time per
+step (summed over XLA's worker threads), then the shares of matrix multiplies (dot / YNNPACK
+fusions), layout copies and everything else. Open the trace directory in TensorBoard's profile
+plugin or Perfetto for the timeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import tempfile
+
+import jax
+from jax.profiler import ProfileData
+
+from train_step import CONFIGS, make_batch, time_ours
+from bert_jax.train import _global_batch
+
+
+def op_seconds(trace_dir: str) -> collections.Counter:
+    """Seconds per XLA op name over every thread of the host trace (executor wrappers excluded)."""
+    path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
+    totals: collections.Counter = collections.Counter()
+    for plane in ProfileData.from_file(path).planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):
+                continue
+            for event in line.events:
+                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+                    totals[event.name] += event.duration_ns / 1e9
+    return totals
+
+
+def category(op: str) -> str:
+    if op.startswith(("ynn_fusion", "xnn_fusion", "dot", "onednn")):
+        return "matrix multiplies"
+    if "copy" in op or "transpose" in op:
+        return "layout copies"
+    return "elementwise, reductions, rest"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="mini", choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    layers, hidden, batch_size = CONFIGS[args.config]
+    batch = make_batch(batch_size)
+    seconds, run = time_ours(layers, hidden, batch, 2)
+    state, global_batch, rng = run.init(jax.random.PRNGKey(0)), _global_batch(batch, run.mesh), jax.random.PRNGKey(1)
+    state, _ = run.train_step(state, global_batch, rng)
+    trace_dir = tempfile.mkdtemp(prefix="bert-jax-trace-")
+    with jax.profiler.trace(trace_dir):
+        for _ in range(args.steps):
+            state, _ = run.train_step(state, global_batch, rng)
+        jax.block_until_ready(state.step)
+    totals = op_seconds(trace_dir)
+    busy = sum(totals.values())
+    print(f"{args.config}: {seconds:.3f} s/step wall; {busy / args.steps:.3f} thread-seconds of XLA ops per step; "
+          f"trace in {trace_dir}")
+    print("| op | ms per step (all threads) | share |\n|---|---:|---:|")
+    for op, total in totals.most_common(args.top):
+        print(f"| {op} | {1e3 * total / args.steps:.1f} | {total / busy:.1%} |")
+    shares = collections.Counter()
+    for op, total in totals.items():
+        shares[category(op)] += total
+    print("\n| kind | share of op time |\n|---|---:|")
+    for kind, total in shares.most_common():
+        print(f"| {kind} | {total / busy:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
