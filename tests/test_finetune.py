@@ -199,28 +199,13 @@ def test_parameters_and_optimizer_state_are_sharded_like_pretraining(setup_dirs)
 
 
 def test_two_processes_on_loopback_fine_tune_like_one(setup_dirs, tmp_path):
-    import socket
-    import subprocess
-    import sys
+    from test_multiprocess import run_cli_on_two_processes
 
     root = setup_dirs
     flags = ["--max-length", "24", "--batch-size", "16", "--epochs", "2", "--learning-rate", "1e-3",
              "--config.train.log_every=2"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(rank), XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   JAX_PLATFORMS="cpu")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bert_jax.cli", "finetune", "--init", str(root / "pre"), "--train",
-             str(root / "train.tsv"), "--eval", str(root / "eval.tsv"), "--workdir", str(tmp_path / "two")] + flags,
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out[-3000:]
+    run_cli_on_two_processes(["finetune", "--init", str(root / "pre"), "--train", str(root / "train.tsv"), "--eval",
+                              str(root / "eval.tsv"), "--workdir", str(tmp_path / "two")] + flags)
     assert main(["finetune", "--init", str(root / "pre"), "--train", str(root / "train.tsv"), "--eval",
                  str(root / "eval.tsv"), "--workdir", str(tmp_path / "one")] + flags) == 0
 

@@ -43,23 +43,28 @@ def uneven_data(tmp_path_factory, korean_corpus, tokenizer_dir):
     return str(out)
 
 
-def _run_two_processes(tmp_path, data_dir):
-    config_file = tmp_path / "tiny_config.py"
-    config_file.write_text(CONFIG_FILE.format(tests=os.path.dirname(__file__), steps=STEPS))
+def run_cli_on_two_processes(arguments: list[str]) -> list[str]:
+    """Runs `bert-jax ARGUMENTS` as 2 processes (2 CPU devices each) joined by jax.distributed on
+    loopback; asserts both succeed and returns their outputs."""
     port = _free_port()
     processes = []
     for rank in range(2):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(rank), XLA_FLAGS="--xla_force_host_platform_device_count=2",
                    JAX_PLATFORMS="cpu")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bert_jax.cli", "pretrain", "--config", str(config_file), "--data", data_dir,
-             "--workdir", str(tmp_path / "work")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True))
+        processes.append(subprocess.Popen([sys.executable, "-m", "bert_jax.cli"] + arguments, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]
     return outputs
+
+
+def _run_two_processes(tmp_path, data_dir):
+    config_file = tmp_path / "tiny_config.py"
+    config_file.write_text(CONFIG_FILE.format(tests=os.path.dirname(__file__), steps=STEPS))
+    return run_cli_on_two_processes(["pretrain", "--config", str(config_file), "--data", data_dir,
+                                     "--workdir", str(tmp_path / "work")])
 
 
 def _single_process_losses(data_dir):
