@@ -6,7 +6,8 @@ Both sides use the same SentencePiece unigram tokenizer (the project's default) 
 NSP instance algorithm. The reference is written the plain way: one process reads the corpus,
 tokenizes it line by line from Python, builds instances with Python lists and writes JSON lines.
 Peak RSS is the peak of the summed resident memory of the whole process tree (main + workers),
-for the corpus and for the corpus repeated 10 times.
+for the corpus and for the corpus repeated 10 times. The runs are repeated `--rounds` times,
+interleaved, and seconds are medians (this machine is shared and drifts).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +99,18 @@ def reference(corpus: str, tokenizer_dir: str, output: str, max_seq_length: int 
     return count
 
 
+def _prepare_command(corpus: str, tokenizer_dir: str, workers: int) -> list[str]:
+    return ["bert-jax", "prepare-data", "--input", corpus, "--tokenizer", tokenizer_dir, "--workers", str(workers),
+            "--quiet", "--eval-fraction", "0"]
+
+
+def _count_examples(output: str) -> int:
+    """Examples written by prepare-data (metadata.json) or by the reference (JSON lines)."""
+    if os.path.isdir(output):
+        return json.load(open(os.path.join(output, "metadata.json")))["splits"]["train"]["examples"]
+    return sum(1 for _ in open(output))
+
+
 def tokenizing_floor(corpus: str, tokenizer_dir: str, threads: int) -> tuple[float, float]:
     """Seconds SentencePiece needs for every line of `corpus`: one call per line, and batched."""
     import sentencepiece
@@ -116,6 +130,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=16000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; seconds are medians")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -134,19 +149,18 @@ def main() -> None:
     with open(big, "w", encoding="utf-8") as f:
         text = open(args.corpus, encoding="utf-8").read().rstrip("\n") + "\n\n"
         f.write(text * 10)
-    rows = []
-    for workers, name, corpus in ((args.workers, "1x", args.corpus), (args.workers, "10x", big),
-                                  (1, "1x", args.corpus)):
-        out = os.path.join(work, f"data_{name}_{workers}")
-        seconds, rss = run_measured(["bert-jax", "prepare-data", "--input", corpus, "--tokenizer", tok,
-                                     "--output", out, "--workers", str(workers), "--quiet",
-                                     "--eval-fraction", "0"])
-        examples = json.load(open(os.path.join(out, "metadata.json")))["splits"]["train"]["examples"]
-        rows.append((f"bert-jax prepare-data, {workers} worker(s), corpus {name}", examples, seconds, rss))
-    out = os.path.join(work, "reference.jsonl")
-    seconds, rss = run_measured([sys.executable, __file__, "--reference-only", "--corpus", args.corpus,
-                                 "--tokenizer", tok, "--output", out])
-    rows.append(("reference, 1 process, corpus 1x", sum(1 for _ in open(out)), seconds, rss))
+    runs = [(f"bert-jax prepare-data, {workers} worker(s), corpus {name}", _prepare_command(corpus, tok, workers))
+            for workers, name, corpus in ((args.workers, "1x", args.corpus), (args.workers, "10x", big),
+                                          (1, "1x", args.corpus))]
+    runs.append(("reference, 1 process, corpus 1x", [sys.executable, __file__, "--reference-only", "--corpus",
+                                                      args.corpus, "--tokenizer", tok]))
+    measured = {name: [] for name, _ in runs}
+    for round_index in range(args.rounds):  # rounds interleave the runs: all see the same machine
+        for name, command in runs:
+            out = os.path.join(work, f"out_{len(measured[name])}_{abs(hash(name))}")
+            measured[name].append(run_measured(command + ["--output", out]) + (_count_examples(out),))
+    rows = [(name, values[0][2], statistics.median(v[0] for v in values), max(v[1] for v in values))
+            for name, values in measured.items()]
     reference_rate = rows[-1][1] / rows[-1][2]
     line_by_line, batched = tokenizing_floor(args.corpus, tok, args.workers)
     print("| run | examples | seconds | examples/s | peak RSS (MiB) | throughput / reference |")

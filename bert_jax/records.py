@@ -34,20 +34,22 @@ def _varint(value: int) -> bytes:
 
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bytes per value and the concatenated varints (uint8) of non-negative integers."""
-    v = np.asarray(values, dtype=np.int64)
+    v = np.asarray(values)
+    if v.dtype.kind not in "iu":
+        v = v.astype(np.int64)
     if v.size and v.min() < 0:
         raise ValueError("only non-negative integers are supported")
     largest = int(v.max(initial=0))
     if largest < 1 << 7:
         return np.ones(v.size, np.int64), v.astype(np.uint8)
-    if largest < 1 << 14:  # the common case (token ids below 16384): one or two bytes
+    if largest < 1 << 14:  # the common case (token ids below 16384): one or two bytes per value
         two = v >= 1 << 7
-        n = 1 + two
-        starts = np.cumsum(n) - n
-        data = np.empty(int(n.sum()), np.uint8)
-        data[starts] = np.where(two, (v & 0x7F) | 0x80, v)
-        data[starts[two] + 1] = v[two] >> 7
-        return n, data
+        pairs = np.empty((v.size, 2), np.uint8)
+        pairs[:, 0] = (v & 0x7F) | (two << 7)
+        pairs[:, 1] = v >> 7
+        keep = np.ones((v.size, 2), bool)
+        keep[:, 1] = two
+        return 1 + two.astype(np.int64), pairs[keep]
     v = v.astype(np.uint64)
     width = (largest.bit_length() + 6) // 7  # 7-bit groups of the largest
     shifts = _SHIFTS[:width]
