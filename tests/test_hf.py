@@ -163,3 +163,25 @@ def test_fill_mask_cli_json(trained, capsys):
     result = json.loads(capsys.readouterr().out)
     assert len(result) == 1 and len(result[0]) == 2 and len(result[0][0]) == 2
     assert set(result[0][0][0]) == {"score", "token", "token_str", "sequence"}
+
+
+def test_finetune_starts_from_a_hugging_face_directory_and_from_an_import(trained, tmp_path):
+    from bert_jax.default_config import finetune_config
+    from bert_jax.finetune import Classifier, finetune
+
+    rows = [("서울은 한국의 역사이다.", "가"), ("조선의 장군이 바다에서 전쟁을 하였다.", "나")] * 8
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    config = finetune_config()
+    config.train.update(max_length=24, global_batch_size=8, epochs=1, learning_rate=1e-9)
+    assert main(["import-hf", "--input", str(trained / "export"), "--output", str(tmp_path / "imported")]) == 0
+    expected = pretrained.load(str(trained / "export")).params["bert"]
+    for init in (trained / "export", tmp_path / "imported"):
+        out = tmp_path / f"ft_{init.name}"
+        finetune(str(init), str(tmp_path / "d.tsv"), str(tmp_path / "d.tsv"), str(out), "text", "label",
+                 config=config)
+        got = Classifier(str(out)).params["bert"]
+        for path in (("embeddings", "word_embeddings", "embedding"), ("pooler", "kernel")):
+            a, b = got, expected
+            for key in path:
+                a, b = a[key], b[key]
+            np.testing.assert_allclose(a, b, atol=1e-6)  # learning rate ~0: the imported weights remain
