@@ -19,8 +19,7 @@ import tempfile
 import jax
 from jax.profiler import ProfileData
 
-from train_step import CONFIGS, make_batch, time_ours
-from bert_jax.train import _global_batch
+from train_step import CONFIGS, _median_seconds, make_batch, our_step
 
 
 def op_seconds(trace_dir: str) -> collections.Counter:
@@ -52,15 +51,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     layers, hidden, batch_size = CONFIGS[args.config]
-    batch = make_batch(batch_size)
-    seconds, run = time_ours(layers, hidden, batch, 2)
-    state, global_batch, rng = run.init(jax.random.PRNGKey(0)), _global_batch(batch, run.mesh), jax.random.PRNGKey(1)
-    state, _ = run.train_step(state, global_batch, rng)
+    step, _ = our_step(layers, hidden, make_batch(batch_size))
+    seconds = _median_seconds(step, 2, 2)
     trace_dir = tempfile.mkdtemp(prefix="bert-jax-trace-")
     with jax.profiler.trace(trace_dir):
         for _ in range(args.steps):
-            state, _ = run.train_step(state, global_batch, rng)
-        jax.block_until_ready(state.step)
+            step()
     totals = op_seconds(trace_dir)
     busy = sum(totals.values())
     print(f"{args.config}: {seconds:.3f} s/step wall; {busy / args.steps:.3f} thread-seconds of XLA ops per step; "

@@ -25,7 +25,8 @@ import numpy as np
 from bert_jax import flops
 from bert_jax.default_config import bert_config
 from bert_jax.masking import MaskingConfig, mask_batch
-from bert_jax.train import _global_batch, setup
+from bert_jax.sharding import global_batch
+from bert_jax.train import setup
 
 CONFIGS = {  # name: (layers, hidden, batch)
     "mini": (4, 256, 32),
@@ -52,12 +53,7 @@ def make_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 def _median_seconds(step, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(step) for _ in range(steps))
 
 
 def _seconds(step) -> float:
@@ -88,11 +84,11 @@ def our_step(layers: int, hidden: int, batch: dict, dtype: str = "float32"):
                 "pair_task": "nsp"}
     run = setup(config, metadata)
     state = {"s": run.init(jax.random.PRNGKey(0))}
-    global_batch = _global_batch(batch, run.mesh)
+    device_batch = global_batch(batch, run.mesh)
     rng = jax.random.PRNGKey(1)
 
     def step():
-        state["s"], _ = run.train_step(state["s"], global_batch, rng)
+        state["s"], _ = run.train_step(state["s"], device_batch, rng)
         jax.block_until_ready(state["s"].step)
 
     return step, run

@@ -26,9 +26,9 @@ from bert_jax.checkpoint import Checkpointer
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
 from bert_jax.model import BertConfig, BertModel, Dense
-from bert_jax.optim import decay_mask
+from bert_jax.optim import make_optimizer
 from bert_jax.preemption import Preemption
-from bert_jax.train_step import TrainState, zero_metrics
+from bert_jax.train_step import TrainState, cross_entropy_and_hits, zero_metrics
 
 SAVED = "finetune.json"
 TRAIN_KEYS = ("loss_sum", "correct", "count", "learning_rate", "grad_norm", "steps")
@@ -59,17 +59,17 @@ class FinetuneRun:
     init: object
     train_step: object
     eval_step: object
+    gather: object  # params -> the same params replicated on every device (fully addressable)
 
 
 def _optimizer(train: ml_collections.ConfigDict, num_steps: int):
-    warmup = max(1, int(num_steps * train.warmup_fraction))
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, train.learning_rate, warmup),
-                                     optax.linear_schedule(train.learning_rate, 0.0, max(1, num_steps - warmup))],
-                                    [warmup])
-    tx = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
-    if train.grad_clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), tx)
-    return tx, schedule
+    """Pretraining's AdamW (decay mask, clipping) with warmup over `warmup_fraction` of the steps
+    and linear decay to 0."""
+    warmup = min(max(1, int(num_steps * train.warmup_fraction)), num_steps - 1)
+    optim = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=train.learning_rate, warmup_steps=warmup, schedule="linear", end_lr_factor=0.0,
+        weight_decay=train.weight_decay, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=train.grad_clip_norm))
+    return make_optimizer(optim, num_steps)
 
 
 def setup(model_config: BertConfig, num_labels: int, config: ml_collections.ConfigDict, num_steps: int) -> FinetuneRun:
@@ -100,10 +100,9 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
         weights = batch["weights"]
 
         def loss_fn(params):
-            logits = apply(params, batch, rng)
-            nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]) * weights
-            correct = (jnp.argmax(logits, -1) == batch["labels"]) * weights
-            return nll.sum() / jnp.maximum(weights.sum(), 1.0), (nll.sum(), correct.sum())
+            nll, hits = cross_entropy_and_hits(apply(params, batch, rng), batch["labels"])
+            nll_sum = jnp.sum(nll * weights)
+            return nll_sum / jnp.maximum(weights.sum(), 1.0), (nll_sum, jnp.sum(hits * weights))
 
         (_, (nll_sum, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -119,26 +118,23 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
         weights = batch["weights"]
         truth = jax.nn.one_hot(batch["labels"], num_labels) * weights[:, None]
         confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), num_labels)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        nll, _ = cross_entropy_and_hits(logits, batch["labels"])
         return {"confusion": confusion, "loss_sum": jnp.sum(nll * weights)}
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = sharding.logical_shardings(abstract, mesh)
     data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  nn.meta.unbox(abstract), shardings)
     return FinetuneRun(
-        mesh, shardings, abstract_state,
+        mesh, shardings, sharding.placed_abstract(abstract, shardings),
         init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings),
         train_step=jax.jit(train_step, in_shardings=(shardings, data, replicated), out_shardings=shardings,
                            donate_argnums=0),
-        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, data), out_shardings=replicated))
+        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, data), out_shardings=replicated),
+        gather=jax.jit(lambda params: params, out_shardings=replicated))
 
 
 def _global_batch(examples: Examples, indices: np.ndarray, mesh) -> dict:
-    local = host_batch(examples, indices, jax.process_index(), jax.process_count())
-    data = sharding.batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(data, v) for k, v in local.items()}
+    return sharding.global_batch(host_batch(examples, indices, jax.process_index(), jax.process_count()), mesh)
 
 
 def evaluate(run: FinetuneRun, params, examples: Examples, global_batch: int) -> dict[str, float]:
@@ -178,9 +174,8 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])
     train_rows, eval_rows = read_table(train_file, columns), read_table(eval_file, columns)
     labels = sorted({str(r[label_column]) for r in train_rows})
-    encoded = [encode(rows, base.tokenizer, text_column, pair_column, train_cfg.max_length, labels, label_column)
-               for rows in (train_rows, eval_rows)]
-    train, evaluation = encoded
+    train, evaluation = (encode(rows, base.tokenizer, text_column, pair_column, train_cfg.max_length, labels,
+                                label_column) for rows in (train_rows, eval_rows))
     model_config = dataclasses.replace(base.config, **dict(config.model))
     if train_cfg.max_length > model_config.max_position_embeddings:
         raise ValueError(f"config.train.max_length={train_cfg.max_length} (--max-length) exceeds the model's "
@@ -199,12 +194,13 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     logger = metrics_log.MetricsLogger(workdir, enabled=is_main)
     if is_main:
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
-    preemption = Preemption()
+    preemption, order = Preemption(), None
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
             while step < num_steps and not _patience_spent(history, train_cfg.patience):
                 epoch, position = divmod(step, steps_per_epoch)
-                order = batch_indices(len(train.labels), train_cfg.global_batch_size, train_cfg.seed, epoch)
+                if position == 0 or order is None:  # the example order is drawn once per epoch
+                    order = batch_indices(len(train.labels), train_cfg.global_batch_size, train_cfg.seed, epoch)
                 state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
                 step += 1
                 epoch_end = step % steps_per_epoch == 0
@@ -269,7 +265,7 @@ def _save_best(workdir, run, params, model_config, labels, max_length, pairs, to
     from flax import traverse_util
     from safetensors.numpy import save
 
-    gathered = jax.device_get(jax.jit(lambda p: p, out_shardings=sharding.replicated(run.mesh))(params))
+    gathered = jax.device_get(run.gather(params))
     if jax.process_index() != 0:
         return
     flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(gathered).items()}

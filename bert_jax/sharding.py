@@ -73,3 +73,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def logical_shardings(boxed_tree, mesh: Mesh):
     """NamedShardings for a tree of (abstract) values boxed with logical axis names."""
     return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, LOGICAL_RULES)
+
+
+def placed_abstract(boxed_abstract, shardings):
+    """ShapeDtypeStructs of an abstract boxed tree placed on `shardings` (what checkpoints restore into)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nn.meta.unbox(boxed_abstract), shardings)
+
+
+def global_batch(batch: dict, mesh: Mesh) -> dict[str, jax.Array]:
+    """Global arrays, split over data x fsdp, from this process's rows of every batch array."""
+    data = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(data, v) for k, v in batch.items()}

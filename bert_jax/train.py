@@ -100,14 +100,8 @@ def setup(config: ml_collections.ConfigDict, metadata: dict, mesh=None) -> Run:
     eval_step = jax.jit(make_eval_step(model, use_nsp), in_shardings=(state_shardings.params, data),
                         out_shardings=replicated)
     init_jit = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_shardings)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  nn.meta.unbox(abstract), state_shardings)
+    abstract_state = sharding.placed_abstract(abstract, state_shardings)
     return Run(model, mesh, state_shardings, abstract_state, train_step, eval_step, init_jit, metadata)
-
-
-def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    data = sharding.batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(data, v) for k, v in batch.items()}
 
 
 def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
@@ -121,7 +115,7 @@ def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
                                                  seed=config.train.seed, mask_prob=config.data.mask_prob,
                                                  process_index=jax.process_index(),
                                                  process_count=jax.process_count()):
-            totals = jax.tree.map(jnp.add, totals, run.eval_step(params, _global_batch(batch, run.mesh)))
+            totals = jax.tree.map(jnp.add, totals, run.eval_step(params, sharding.global_batch(batch, run.mesh)))
     return metrics_log.normalize(jax.device_get(totals), "eval")
 
 
@@ -222,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
             for step in range(start + 1, train.num_steps + 1):
-                state, _ = run.train_step(state, _global_batch(next(batches), run.mesh), rng)
+                state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
                 window_steps += 1
                 bar.update()
                 preempted = preemption.check(step)

@@ -14,7 +14,8 @@ import pytest
 from bert_jax import input_pipeline
 from bert_jax.metrics_log import read_metrics
 from bert_jax.pretraining_data import DataSettings, load_metadata, prepare_data
-from bert_jax.train import _global_batch, setup
+from bert_jax.sharding import global_batch
+from bert_jax.train import setup
 from test_pretrain import tiny_config
 
 STEPS = 4
@@ -77,7 +78,7 @@ def _single_process_losses(data_dir):
     losses = []
     for parts in zip(*hosts):
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        state, metrics = run.train_step(state, _global_batch(batch, run.mesh), jax.random.PRNGKey(0))
+        state, metrics = run.train_step(state, global_batch(batch, run.mesh), jax.random.PRNGKey(0))
         m = jax.device_get(metrics)
         losses.append((m["mlm_loss_sum"] / m["mlm_weight"], m["nsp_loss_sum"] / m["nsp_weight"]))
     return np.array(losses)

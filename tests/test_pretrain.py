@@ -13,7 +13,8 @@ from bert_jax import input_pipeline
 from bert_jax.cli import main
 from bert_jax.default_config import bert_config
 from bert_jax.pretraining_data import DataSettings, load_metadata, prepare_data
-from bert_jax.train import NonFiniteLossError, _global_batch, setup, train_and_evaluate
+from bert_jax.sharding import global_batch
+from bert_jax.train import NonFiniteLossError, setup, train_and_evaluate
 from bert_jax.metrics_log import read_metrics
 
 
@@ -123,7 +124,7 @@ def test_gradient_accumulation_matches_one_big_step(data_dir):
     for accum in (1, 2):
         run = setup(tiny_config(grad_accum_steps=accum), metadata)
         state = run.init(jax.random.PRNGKey(3))
-        state, metrics = run.train_step(state, _global_batch(batch, run.mesh), jax.random.PRNGKey(0))
+        state, metrics = run.train_step(state, global_batch(batch, run.mesh), jax.random.PRNGKey(0))
         results.append((jax.device_get(state.params), jax.device_get(metrics)))
     (params1, metrics1), (params2, metrics2) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params1, params2)
@@ -211,7 +212,7 @@ def test_train_step_compiles_once(data_dir):
     run = setup(tiny_config(), metadata)
     state = run.init(jax.random.PRNGKey(0))
     for batch in input_pipeline.train_batches(data_dir, metadata, 16, 3, seed=0, mask_prob=0.15, shuffle_buffer=64):
-        state, _ = run.train_step(state, _global_batch(batch, run.mesh), jax.random.PRNGKey(0))
+        state, _ = run.train_step(state, global_batch(batch, run.mesh), jax.random.PRNGKey(0))
         state = state.replace(metrics=jax.tree.map(lambda x: x * 0, state.metrics))
     assert run.train_step._cache_size() == 1
 

@@ -10,7 +10,8 @@ from bert_jax import input_pipeline
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.pretraining_data import load_metadata
 from bert_jax.sharding import make_mesh, mesh_shape
-from bert_jax.train import _global_batch, setup
+from bert_jax.sharding import global_batch
+from bert_jax.train import setup
 from test_pretrain import data_dir, tiny_config  # noqa: F401  (the module's data fixture)
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=4, fsdp=1, tensor=2),
@@ -27,7 +28,7 @@ def _losses(data_dir, sizes, steps=3, devices=None, state=None, start=0):  # noq
     losses = []
     for batch in input_pipeline.train_batches(data_dir, metadata, 16, steps, seed=0, mask_prob=0.15,
                                               shuffle_buffer=64, start_batch=start):
-        state, metrics = run.train_step(state, _global_batch(batch, run.mesh), jax.random.PRNGKey(7))
+        state, metrics = run.train_step(state, global_batch(batch, run.mesh), jax.random.PRNGKey(7))
         metrics = jax.device_get(metrics)
         losses.append(metrics["mlm_loss_sum"] / metrics["mlm_weight"] + metrics["nsp_loss_sum"] / metrics["nsp_weight"])
     return np.array(losses), state, run
