@@ -25,13 +25,6 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL_VARINTS = [_encode_varint(i) for i in range(1 << 14)]
-
-
-def _varint(value: int) -> bytes:
-    return _SMALL_VARINTS[value] if value < (1 << 14) else _encode_varint(value)
-
-
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bytes per value and the concatenated varints (uint8) of non-negative integers."""
     v = np.asarray(values)
@@ -63,7 +56,7 @@ def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
 
 
 def _constant(data: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,27 +90,9 @@ def _list_payload(values: np.ndarray, counts: np.ndarray) -> tuple[bytes, np.nda
     return b"\x1a", blob, ends - np.concatenate([[0], ends[:-1]])
 
 
-def columns_of(examples: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-example feature dicts -> {name: (all values, values per example)}."""
-    names = list(examples[0])
-    if any(list(example) != names for example in examples):
-        raise ValueError("all examples must have the same features in the same order")
-    columns = {}
-    for name in names:
-        values = [np.atleast_1d(e[name]) for e in examples]
-        columns[name] = np.concatenate(values), np.fromiter(map(len, values), np.int64, len(values))
-    return columns
-
-
 def _prefixed_length(length: np.ndarray) -> np.ndarray:
     """Bytes of a length-delimited field whose payload has `length` bytes (1-byte tag)."""
     return 1 + _varints(length)[0] + length
-
-
-def serialize_examples(examples: list[dict[str, np.ndarray]]) -> list[bytes]:
-    """Serialised `tf.train.Example`s (all with the same feature names); integer arrays become
-    int64 lists, float arrays float lists."""
-    return serialize_columns(columns_of(examples)) if examples else []
 
 
 def serialize_columns(columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
