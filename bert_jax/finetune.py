@@ -262,35 +262,21 @@ def _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, 
 def _save_best(workdir, run, params, model_config, labels, max_length, pairs, tokenizer_dir) -> None:
     """Writes the parameters (gathered from every device) and what `Classifier` needs; the weights
     go to a temporary name first, so an interrupted save never leaves a broken best model."""
-    from flax import traverse_util
-    from safetensors.numpy import save
-
     gathered = jax.device_get(run.gather(params))
     if jax.process_index() != 0:
         return
-    flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(gathered).items()}
-    path = os.path.join(workdir, "model.safetensors")
-    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-        f.write(save(flat))
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    pretrained.save_params(gathered, os.path.join(workdir, "model.safetensors"))
     with tf.io.gfile.GFile(os.path.join(workdir, SAVED), "w") as f:
         json.dump({"model": dataclasses.asdict(model_config), "labels": labels, "max_length": max_length,
                    "pairs": pairs}, f, indent=2)
-    destination = os.path.join(workdir, "tokenizer")
-    if not tf.io.gfile.exists(destination):
-        tf.io.gfile.makedirs(destination)
-        for name in tf.io.gfile.listdir(tokenizer_dir):
-            if not name.endswith((".safetensors", ".bin")) and not tf.io.gfile.isdir(os.path.join(tokenizer_dir, name)):
-                tf.io.gfile.copy(os.path.join(tokenizer_dir, name), os.path.join(destination, name))
+    if not tf.io.gfile.exists(os.path.join(workdir, "tokenizer")):
+        tokenizer_lib.copy_files(tokenizer_dir, os.path.join(workdir, "tokenizer"))
 
 
 class Classifier:
     """A saved fine-tuned model: `predict(texts, pairs=None)` -> (label names, probabilities)."""
 
     def __init__(self, workdir: str):
-        from flax import traverse_util
-        from safetensors.numpy import load
-
         path = os.path.join(workdir, SAVED)
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"--model {workdir}: no {SAVED}; not a `bert-jax finetune` output")
@@ -300,9 +286,7 @@ class Classifier:
         config = BertConfig(**saved["model"])
         model = BertClassifier(config, len(self.labels))
         self._apply = jax.jit(lambda p, i, m, s: jax.nn.softmax(model.apply({"params": p}, i, m, s), -1))
-        with tf.io.gfile.GFile(os.path.join(workdir, "model.safetensors"), "rb") as f:
-            flat = load(f.read())
-        self.params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+        self.params = pretrained.load_params(os.path.join(workdir, "model.safetensors"))
         self.tokenizer = tokenizer_lib.load(os.path.join(workdir, "tokenizer"))
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64

@@ -12,18 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from bert_jax import hf_weights
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.model import BertConfig, BertForPreTraining
-from bert_jax.pretrained import Pretrained
+from bert_jax.pretrained import Pretrained, load_params, save_params
 
 IMPORTED_PARAMS = "imported_params.safetensors"  # our parameter tree, flattened with '/'
 IMPORTED_MODEL = "imported_model.json"  # the BertConfig of the imported model
@@ -83,10 +81,7 @@ def export_hf(model: Pretrained, output: str, card: str = "") -> None:
 
 
 def _write_tokenizer(tok: tokenizer_lib.Tokenizer, output: str, max_length: int) -> None:
-    for name in os.listdir(tok.directory):
-        source = os.path.join(tok.directory, name)
-        if os.path.isfile(source):
-            shutil.copy(source, os.path.join(output, name))
+    tokenizer_lib.copy_files(tok.directory, output)
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                "mask_token": "[MASK]"}
     with open(os.path.join(output, "special_tokens_map.json"), "w") as f:
@@ -200,17 +195,13 @@ def _initial_params(config: BertConfig) -> dict:
 def import_hf(directory: str, output: str) -> list[str]:
     """Turns a local HF BERT directory into a workdir that `pretrain` continues from; returns the
     parts that were missing and freshly initialised."""
-    from safetensors.numpy import save_file
-
     if os.path.exists(os.path.join(output, "checkpoints")) or os.path.exists(os.path.join(output, IMPORTED_MODEL)):
         raise FileExistsError(f"--output {output} already holds a workdir; choose another directory")
     tok = _tokenizer_for(directory)
     config, params, missing = read_hf_weights(directory)
     os.makedirs(output, exist_ok=True)
-    shutil.copytree(tok.directory, os.path.join(output, "tokenizer"),
-                    ignore=lambda d, names: [n for n in names if n.endswith((".safetensors", ".bin"))])
-    flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
-    save_file(flat, os.path.join(output, IMPORTED_PARAMS))
+    tokenizer_lib.copy_files(tok.directory, os.path.join(output, "tokenizer"))
+    save_params(params, os.path.join(output, IMPORTED_PARAMS))
     with open(os.path.join(output, IMPORTED_MODEL), "w") as f:
         json.dump(dataclasses.asdict(config) | {"source": os.path.abspath(directory), "initialised": missing}, f,
                   indent=2)
@@ -219,7 +210,6 @@ def import_hf(directory: str, output: str) -> list[str]:
 
 def load_imported(workdir: str) -> tuple[BertConfig, dict] | None:
     """The model config and parameters `import-hf` left in `workdir`, or None."""
-    from safetensors.numpy import load_file
 
     path = os.path.join(workdir, IMPORTED_MODEL)
     if not os.path.exists(path):
@@ -228,5 +218,4 @@ def load_imported(workdir: str) -> tuple[BertConfig, dict] | None:
         values = json.load(f)
     fields = {f.name for f in dataclasses.fields(BertConfig)}
     config = BertConfig(**{k: v for k, v in values.items() if k in fields})
-    flat = load_file(os.path.join(workdir, IMPORTED_PARAMS))
-    return config, traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    return config, load_params(os.path.join(workdir, IMPORTED_PARAMS))

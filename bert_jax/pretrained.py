@@ -23,6 +23,29 @@ class Pretrained:
     step: int
 
 
+def save_params(params: dict, path: str) -> None:
+    """Writes a parameter tree as float32 safetensors named 'a/b/c', under a temporary name that is
+    renamed when complete (so an interrupted save never leaves a broken file)."""
+    import numpy as np
+    from flax import traverse_util
+    from safetensors.numpy import save
+
+    flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
+    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
+        f.write(save(flat))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def load_params(path: str) -> dict:
+    """The parameter tree `save_params` wrote."""
+    from flax import traverse_util
+    from safetensors.numpy import load
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        flat = load(f.read())
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
 def load_workdir(workdir: str) -> Pretrained:
     """The latest checkpoint of a `bert-jax pretrain` workdir, with its tokenizer."""
     from bert_jax.train import restore_workdir

@@ -16,7 +16,6 @@ import math
 import multiprocessing
 import os
 import random
-import shutil
 import sys
 import threading
 import time
@@ -286,7 +285,7 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
             raise ValueError(f"--input {' '.join(inputs)}: no training examples could be made "
                              f"({stats['documents']} documents; too little text for --eval-fraction "
                              f"{settings.eval_fraction}?)")
-        shutil.copytree(tokenizer_dir, os.path.join(staging, "tokenizer"))
+        tokenizer_lib.copy_files(tokenizer_dir, os.path.join(staging, "tokenizer"))
         metadata = _metadata(tok, settings, files, stats, split_documents, shard_files, seconds, workers)
         with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, ensure_ascii=False, indent=2)

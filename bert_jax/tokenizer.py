@@ -285,6 +285,23 @@ class Tokenizer:
         return self.vocab[token_id]
 
 
+NOT_TOKENIZER_FILES = ("config.json", "README.md")  # a Hugging Face model directory's own files
+
+
+def copy_files(source: str, destination: str) -> None:
+    """Copies the tokenizer files of `source` (a tokenizer directory, or a Hugging Face model
+    directory that holds one) into `destination`, local or gs://. Model weights, the model's
+    config.json and card, and subdirectories stay behind."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(destination)
+    for name in tf.io.gfile.listdir(source):
+        path = os.path.join(source, name)
+        if name in NOT_TOKENIZER_FILES or name.endswith((".safetensors", ".bin")) or tf.io.gfile.isdir(path):
+            continue
+        tf.io.gfile.copy(path, os.path.join(destination, name), overwrite=True)
+
+
 def _infer_model_type(path: str) -> str:
     """wordpiece for a WordPiece tokenizer.json, else the SentencePiece-style '▁' word starts."""
     with open(path, encoding="utf-8") as f:

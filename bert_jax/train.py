@@ -16,6 +16,7 @@ import tensorflow as tf
 import tqdm
 
 from bert_jax import flops, hf, hf_weights, input_pipeline, metrics_log, sharding
+from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.optim import make_optimizer
@@ -134,11 +135,9 @@ def _adopt_architecture(config, imported: BertConfig) -> None:
 
 def _check_tokenizer(workdir: str, data_dir: str, metadata: dict) -> None:
     """A workdir that has a tokenizer (resumed or imported) must match the data's."""
-    from bert_jax.tokenizer import load as load_tokenizer
-
     if not tf.io.gfile.exists(os.path.join(workdir, "tokenizer", "tokenizer.json")):
         return
-    fingerprint = load_tokenizer(os.path.join(workdir, "tokenizer")).fingerprint
+    fingerprint = tokenizer_lib.load(os.path.join(workdir, "tokenizer")).fingerprint
     if fingerprint != metadata["tokenizer"]["fingerprint"]:
         raise ValueError(f"--data {data_dir} was prepared with a different tokenizer than {workdir}/tokenizer; "
                          f"prepare it with --tokenizer {workdir}/tokenizer")
@@ -153,11 +152,8 @@ def _prepare_workdir(workdir: str, config, data_dir: str, model: BertConfig) -> 
     with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(resolved | {"data_dir": data_dir}, f, indent=2)
     tokenizer_dst = os.path.join(workdir, "tokenizer")
-    if not tf.io.gfile.exists(tokenizer_dst):  # tf.io.gfile: workdirs may live on gs://
-        tf.io.gfile.makedirs(tokenizer_dst)
-        source = os.path.join(data_dir, "tokenizer")
-        for name in tf.io.gfile.listdir(source):
-            tf.io.gfile.copy(os.path.join(source, name), os.path.join(tokenizer_dst, name))
+    if not tf.io.gfile.exists(tokenizer_dst):
+        tokenizer_lib.copy_files(os.path.join(data_dir, "tokenizer"), tokenizer_dst)
     tf.io.gfile.copy(os.path.join(data_dir, "metadata.json"), os.path.join(workdir, "data_metadata.json"),
                      overwrite=True)
 

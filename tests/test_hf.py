@@ -185,3 +185,17 @@ def test_finetune_starts_from_a_hugging_face_directory_and_from_an_import(traine
             for key in path:
                 a, b = a[key], b[key]
             np.testing.assert_allclose(a, b, atol=1e-6)  # learning rate ~0: the imported weights remain
+
+
+def test_copies_of_a_tokenizer_leave_the_source_models_files_behind(trained, tmp_path):
+    source = str(tmp_path / "hf")
+    _save_random_hf(source, transformers.BertForPreTraining, str(trained / "export"))
+    hf.import_hf(source, str(tmp_path / "imported"))
+    assert sorted(os.listdir(tmp_path / "imported" / "tokenizer")) == ["special_tokens_map.json", "tokenizer.json",
+                                                                      "tokenizer_config.json"]
+    model = pretrained.load(source)
+    assert main(["export-hf", "--workdir", source, "--output", str(tmp_path / "export")]) == 0
+    assert json.load(open(tmp_path / "export" / "config.json")) == hf.hf_config(model.config, model.tokenizer.pad_id)
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    np.testing.assert_array_equal(exported["bert.embeddings.word_embeddings.weight"],
+                                  model.params["bert"]["embeddings"]["word_embeddings"]["embedding"])

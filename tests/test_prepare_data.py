@@ -312,3 +312,17 @@ def test_forked_cli_workers_write_what_one_process_writes(tmp_path, korean_corpu
     assert _digest(tmp_path / "one") == _digest(tmp_path / "forked")
     chunks = json.load(open(tmp_path / "one" / "metadata.json"))["arguments"]["chunk_chars"]
     assert chunks == 2000
+
+
+def test_records_parse_with_tensorflow_for_every_varint_width(tmp_path):
+    from bert_jax.records import frame_records, serialize_columns
+
+    values = [np.array([], np.int64), np.array([0, 127, 128, 16383]), np.array([16384, 2**21, 2**40, 5])]
+    floats = [np.array([0.5], np.float32), np.array([], np.float32), np.array([1.0, -2.0], np.float32)]
+    columns = {"ids": (np.concatenate(values), np.array([len(v) for v in values])),
+               "weights": (np.concatenate(floats), np.array([len(v) for v in floats]))}
+    (tmp_path / "r.tfrecord").write_bytes(frame_records(serialize_columns(columns)))
+    parsed = [tf.train.Example.FromString(r).features.feature
+              for r in tf.data.TFRecordDataset(str(tmp_path / "r.tfrecord")).as_numpy_iterator()]
+    assert [list(p["ids"].int64_list.value) for p in parsed] == [list(v) for v in values]
+    assert [list(p["weights"].float_list.value) for p in parsed] == [list(v) for v in floats]
