@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import random
+import shutil
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -290,16 +292,23 @@ NOT_TOKENIZER_FILES = ("config.json", "README.md")  # a Hugging Face model direc
 
 def copy_files(source: str, destination: str) -> None:
     """Copies the tokenizer files of `source` (a tokenizer directory, or a Hugging Face model
-    directory that holds one) into `destination`, local or gs://. Model weights, the model's
-    config.json and card, and subdirectories stay behind."""
-    import tensorflow as tf
+    directory that holds one) into `destination`. Model weights, the model's config.json and card,
+    and subdirectories stay behind. gs:// paths go through tf.io.gfile; local ones do not import
+    TensorFlow (prepare-data's workers are forked only from a process without it)."""
+    if "://" in source or "://" in destination:
+        import tensorflow as tf
 
-    tf.io.gfile.makedirs(destination)
-    for name in tf.io.gfile.listdir(source):
+        tf.io.gfile.makedirs(destination)
+        names, isdir = tf.io.gfile.listdir(source), tf.io.gfile.isdir
+        copy = functools.partial(tf.io.gfile.copy, overwrite=True)
+    else:
+        os.makedirs(destination, exist_ok=True)
+        names, isdir, copy = os.listdir(source), os.path.isdir, shutil.copyfile
+    for name in names:
         path = os.path.join(source, name)
-        if name in NOT_TOKENIZER_FILES or name.endswith((".safetensors", ".bin")) or tf.io.gfile.isdir(path):
+        if name in NOT_TOKENIZER_FILES or name.endswith((".safetensors", ".bin")) or isdir(path):
             continue
-        tf.io.gfile.copy(path, os.path.join(destination, name), overwrite=True)
+        copy(path, os.path.join(destination, name))
 
 
 def _infer_model_type(path: str) -> str:
