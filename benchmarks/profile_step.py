@@ -19,19 +19,22 @@ import tempfile
 import jax
 from jax.profiler import ProfileData
 
+from bert_jax import host_memory
+
 from train_step import CONFIGS, _median_seconds, make_batch, our_step
 
 
 def op_seconds(trace_dir: str) -> collections.Counter:
-    """Seconds per XLA op name over every thread of the host trace (executor wrappers excluded)."""
+    """Seconds per XLA op name over XLA's threads of the host trace: the worker pool and the
+    client threads, which run part of the ops themselves (executor wrappers excluded)."""
     path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
     totals: collections.Counter = collections.Counter()
     for plane in ProfileData.from_file(path).planes:
         for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):
+            if not line.name.startswith(("tf_XLAEigen", "tf_XLAPjRtCpuClient")):
                 continue
             for event in line.events:
-                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ")):
                     totals[event.name] += event.duration_ns / 1e9
     return totals
 
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
+    host_memory.reexec_with_tuned_malloc()
     layers, hidden, batch_size = CONFIGS[args.config]
     step, _ = our_step(layers, hidden, make_batch(batch_size))
     seconds = _median_seconds(step, 2, 2)

@@ -8,7 +8,9 @@ After warm-up (our compile included in warm-up only) the two steps alternate, ou
 `--steps` times, so that both see the same machine; times are medians, and the ratio is the
 median of the per-pair ratios (shared machines drift by tens of percent between minutes).
 MFU is our analytic model FLOPs per step (MLM head at the masked positions) over a float32
-matmul peak measured in the same run.
+matmul peak measured in the same run. Like `bert-jax pretrain`, the benchmark re-executes itself
+with tuned glibc malloc settings (`bert_jax/host_memory.py`), which then apply to both steps;
+`--default-malloc` keeps glibc's defaults.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax import flops
+from bert_jax import flops, host_memory
 from bert_jax.default_config import bert_config
 from bert_jax.masking import MaskingConfig, mask_batch
 from bert_jax.sharding import global_batch
@@ -142,10 +144,15 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, help="override the batch size of every config")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc settings (bert-jax training commands tune them)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        host_memory.reexec_with_tuned_malloc()
     peak = measured_matmul_peak()
     print(f"devices: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPU threads; "
-          f"measured float32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"measured float32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset: glibc defaults)')} for both")
     print("| config | batch x seq | ours s/step | ours tokens/s | HF PyTorch s/step | HF tokens/s | ours / HF | "
           "analytic GFLOP/step | ours MFU vs measured peak |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -10,6 +10,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+TRAINING_COMMANDS = ("pretrain", "evaluate", "finetune", "demo")  # re-executed with tuned malloc
+
 
 def _train_tokenizer(args) -> None:
     from bert_jax import tokenizer
@@ -272,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bert-jax` console script."""
+    if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
+        from bert_jax import host_memory
+
+        host_memory.reexec_with_tuned_malloc()
     args, unknown = build_parser().parse_known_args(argv)
     if unknown and not getattr(args, "accepts_overrides", False):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -119,6 +119,26 @@ class Dense(nn.Module):
         return jax.lax.dot_general(x, kernel, (contracting, ((), ()))) + bias
 
 
+@jax.custom_vjp
+def add_bias(x, bias):
+    """x + bias over the trailing axes of x. Same values and gradients as `+`; the bias gradient is
+    computed as ones @ g, a matrix-vector product, because XLA:CPU's plain reduction over the
+    leading axes is ~20x slower (95 ms vs 4 ms for the [640, 32000] MLM logits)."""
+    return x + bias
+
+
+def _add_bias_forward(x, bias):
+    return x + bias, bias
+
+
+def _add_bias_backward(bias, g):
+    rows = g.reshape(-1, bias.size)
+    return g, (jnp.ones(rows.shape[0], rows.dtype) @ rows).reshape(bias.shape).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+
 def _dense(config: BertConfig, features, axes, name, in_dims=1) -> Dense:
     features = features if isinstance(features, tuple) else (features,)
     return Dense(config, features, axes, in_dims, name=name)
@@ -275,6 +295,6 @@ class BertForPreTraining(nn.Module):
         if masked_lm_positions is not None:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
         h = self.mlm_norm(nn.gelu(self.mlm_transform(sequence_output), approximate=False))
-        mlm_logits = self.bert.embeddings.attend(h).astype(jnp.float32) + self.mlm_bias
+        mlm_logits = add_bias(self.bert.embeddings.attend(h).astype(jnp.float32), self.mlm_bias)
         nsp_logits = self.nsp(pooled_output).astype(jnp.float32)
         return mlm_logits, nsp_logits

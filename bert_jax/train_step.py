@@ -41,18 +41,43 @@ def init_state(model: BertForPreTraining, tx: optax.GradientTransformation, rng,
 
 
 def cross_entropy_and_hits(logits, labels) -> tuple[jax.Array, jax.Array]:
-    """Cross-entropy with integer labels, and 1.0 where the label's logit is the largest.
+    """Cross-entropy with integer labels, and 1.0 where the label's logit is the largest (a tie
+    counts as a hit). Hits carry no gradient.
 
-    The label's logit is picked with a compare-and-sum rather than a gather, and hits compare it
-    with the maximum rather than taking an argmax: XLA fuses both into passes over the logits,
-    and the gradient (softmax minus one-hot) needs no scatter over the vocabulary. A label that
-    ties for the maximum counts as a hit."""
+    The gradient is written by hand: softmax times the incoming gradient in one pass over the
+    logits, then the one-hot part subtracted at the label positions only (a scatter of one value
+    per row into that buffer), instead of the one-hot matrix that autodiff would build."""
     logits = logits.astype(jnp.float32)
-    is_label = jnp.arange(logits.shape[-1]) == labels[..., None]
-    label_logit = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
-    nll = jax.nn.logsumexp(logits, axis=-1) - label_logit
-    hits = (label_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
-    return nll, hits
+    nll, hits, _ = _cross_entropy_forward(logits, labels)
+    return _cross_entropy(logits, labels), jax.lax.stop_gradient(hits)
+
+
+def _cross_entropy_forward(logits, labels):
+    maximum = jnp.max(logits, axis=-1)
+    log_normaliser = maximum + jnp.log(jnp.sum(jnp.exp(logits - maximum[..., None]), axis=-1))
+    label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return log_normaliser - label_logit, (label_logit >= maximum).astype(jnp.float32), log_normaliser
+
+
+@jax.custom_vjp
+def _cross_entropy(logits, labels):
+    return _cross_entropy_forward(logits, labels)[0]
+
+
+def _cross_entropy_vjp_forward(logits, labels):
+    nll, _, log_normaliser = _cross_entropy_forward(logits, labels)
+    return nll, (logits, log_normaliser, labels)
+
+
+def _cross_entropy_vjp_backward(residuals, g):
+    logits, log_normaliser, labels = residuals
+    grad = jnp.exp(logits - log_normaliser[..., None]) * g[..., None]
+    rows = grad.reshape(-1, grad.shape[-1])
+    rows = rows.at[jnp.arange(rows.shape[0]), labels.reshape(-1)].add(-g.reshape(-1))
+    return rows.reshape(grad.shape), None
+
+
+_cross_entropy.defvjp(_cross_entropy_vjp_forward, _cross_entropy_vjp_backward)
 
 
 def metric_sums(mlm_logits, nsp_logits, batch, use_nsp: bool) -> dict[str, jax.Array]:

@@ -202,3 +202,16 @@ def test_dropout_is_active_only_when_not_deterministic():
                        rngs={"dropout": jax.random.key(3)})
     np.testing.assert_array_equal(det[0], det2[0])
     assert np.abs(np.asarray(det[0]) - np.asarray(drop[0])).max() > 1e-3
+
+
+def test_add_bias_has_the_gradients_of_plus():
+    from bert_jax.model import add_bias
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7))
+    bias = jax.random.normal(jax.random.PRNGKey(1), (7,))
+    cotangent = jax.random.normal(jax.random.PRNGKey(2), (3, 5, 7))
+    ours = jax.grad(lambda x, b: jnp.sum(add_bias(x, b) * cotangent), argnums=(0, 1))(x, bias)
+    plain = jax.grad(lambda x, b: jnp.sum((x + b) * cotangent), argnums=(0, 1))(x, bias)
+    np.testing.assert_allclose(add_bias(x, bias), x + bias)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -229,6 +229,9 @@ def test_cross_entropy_and_hits_equal_optax_and_argmax():
     nll, hits = cross_entropy_and_hits(logits, labels)
     np.testing.assert_allclose(nll, optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
     np.testing.assert_array_equal(hits, (jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-    ours = jax.grad(lambda x: cross_entropy_and_hits(x, labels)[0].sum())(logits)
-    reference = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).sum())(logits)
+    weights = jax.random.uniform(jax.random.PRNGKey(2), (6, 20))  # the gradient per row differs
+    ours = jax.grad(lambda x: (cross_entropy_and_hits(x, labels)[0] * weights).sum())(logits)
+    reference = jax.grad(lambda x: (optax.softmax_cross_entropy_with_integer_labels(x, labels) * weights).sum())(logits)
     np.testing.assert_allclose(ours, reference, atol=1e-6)
+    hits_gradient = jax.grad(lambda x: cross_entropy_and_hits(x, labels)[1].sum())(logits)
+    np.testing.assert_array_equal(hits_gradient, 0.0)
