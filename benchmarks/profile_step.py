@@ -19,7 +19,7 @@ import tempfile
 import jax
 from jax.profiler import ProfileData
 
-from bert_jax import host_memory
+from bert_jax import cpu_tuning
 
 from train_step import CONFIGS, _median_seconds, make_batch, our_step
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    host_memory.reexec_with_tuned_malloc()
+    cpu_tuning.reexec_with_tuned_malloc()
     layers, hidden, batch_size = CONFIGS[args.config]
     step, _ = our_step(layers, hidden, make_batch(batch_size))
     seconds = _median_seconds(step, 2, 2)

@@ -275,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bert-jax` console script."""
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
-        from bert_jax import host_memory
+        from bert_jax import cpu_tuning
 
-        host_memory.reexec_with_tuned_malloc()
+        cpu_tuning.reexec_with_tuned_malloc()
     args, unknown = build_parser().parse_known_args(argv)
     if unknown and not getattr(args, "accepts_overrides", False):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")

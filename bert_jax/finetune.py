@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from bert_jax import finetune_data, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
+from bert_jax import cpu_tuning, finetune_data, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
@@ -124,12 +124,14 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = sharding.logical_shardings(abstract, mesh)
     data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    options = cpu_tuning.compiler_options(mesh)
     return FinetuneRun(
         mesh, shardings, sharding.placed_abstract(abstract, shardings),
         init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings),
         train_step=jax.jit(train_step, in_shardings=(shardings, data, replicated), out_shardings=shardings,
-                           donate_argnums=0),
-        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, data), out_shardings=replicated),
+                           donate_argnums=0, compiler_options=options),
+        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, data), out_shardings=replicated,
+                          compiler_options=options),
         gather=jax.jit(lambda params: params, out_shardings=replicated))
 
 

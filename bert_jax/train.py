@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from bert_jax import flops, hf, hf_weights, input_pipeline, metrics_log, sharding
+from bert_jax import cpu_tuning, flops, hf, hf_weights, input_pipeline, metrics_log, sharding
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
@@ -94,12 +94,13 @@ def setup(config: ml_collections.ConfigDict, metadata: dict, mesh=None) -> Run:
     data = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     use_nsp = metadata["pair_task"] != "none"
+    options = cpu_tuning.compiler_options(mesh)
     train_step = jax.jit(
         make_train_step(model, tx, schedule, config.train.grad_accum_steps, use_nsp),
         in_shardings=(state_shardings, data, replicated), out_shardings=(state_shardings, replicated),
-        donate_argnums=0)
+        donate_argnums=0, compiler_options=options)
     eval_step = jax.jit(make_eval_step(model, use_nsp), in_shardings=(state_shardings.params, data),
-                        out_shardings=replicated)
+                        out_shardings=replicated, compiler_options=options)
     init_jit = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_shardings)
     abstract_state = sharding.placed_abstract(abstract, state_shardings)
     return Run(model, mesh, state_shardings, abstract_state, train_step, eval_step, init_jit, metadata)

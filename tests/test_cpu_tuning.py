@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bert_jax.host_memory import TUNABLES, tuned_environment
+from bert_jax.cpu_tuning import TUNABLES, tuned_environment
 
 
 def test_tuned_environment_adds_the_tunables_only_when_it_should():
@@ -17,7 +17,7 @@ def test_tuned_environment_adds_the_tunables_only_when_it_should():
 
 SCRIPT = """
 import os, sys
-from bert_jax.host_memory import reexec_with_tuned_malloc
+from bert_jax.cpu_tuning import reexec_with_tuned_malloc
 print("run", os.environ.get("GLIBC_TUNABLES", "-"), sys.argv[1:], sys.flags.utf8_mode, flush=True)
 reexec_with_tuned_malloc()
 """
@@ -40,3 +40,31 @@ def test_reexec_keeps_arguments_and_interpreter_options(tmp_path):
 
 def test_reexec_can_be_switched_off(tmp_path):
     assert _run(tmp_path, BERT_JAX_MALLOC_TUNING="0") == ["run - ['a', '--b=c'] 1"]
+
+
+def test_cpu_steps_compile_matmuls_outside_ynnpack():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bert_jax import cpu_tuning
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    options = cpu_tuning.compiler_options(mesh)
+    assert options == cpu_tuning.CPU_COMPILER_OPTIONS  # this jaxlib accepts them
+    a = np.arange(64.0 * 64, dtype=np.float32).reshape(64, 64) / 4096
+
+    def matmul_then_sum(x, y):
+        return jnp.tanh(x @ y), jnp.sum(x, axis=0)
+
+    def entry(hlo: str) -> str:  # the top-level instructions; fused ones live in computations above
+        return hlo[hlo.index("ENTRY"):]
+
+    default_hlo = jax.jit(matmul_then_sum).lower(a, a).compile().as_text()
+    compiled = jax.jit(matmul_then_sum, compiler_options=options).lower(a, a).compile()
+    hlo = compiled.as_text()
+    assert " dot(" not in entry(default_hlo)  # by default the matmul is inside a YNNPACK fusion
+    assert " dot(" in entry(hlo) and "__ynn_fusion" in hlo  # now it is not; the reduction still is
+    product, column_sums = compiled(a, a)
+    np.testing.assert_allclose(product, np.tanh(a @ a), rtol=1e-5)
+    np.testing.assert_allclose(column_sums, a.sum(0), rtol=1e-5)

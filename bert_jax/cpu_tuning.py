@@ -1,6 +1,6 @@
-"""glibc malloc settings for training processes, applied by re-executing the process.
+"""Settings that make training faster on CPU hosts: glibc malloc tunables and XLA:CPU options.
 
-XLA:CPU allocates each step's temporary buffers with malloc and frees them afterwards. With
+Malloc: XLA:CPU allocates each step's temporary buffers with malloc and frees them afterwards. With
 glibc's defaults, buffers above the (adaptive) mmap threshold come from fresh mmaps, so every step
 page-faults its whole working set in again: about 260,000 4 KiB faults and a fifth of the step's
 CPU time in the kernel for the mini benchmark config. Transparent huge pages for malloc's memory
@@ -8,14 +8,24 @@ CPU time in the kernel for the mini benchmark config. Transparent huge pages for
 threshold keep freed memory for reuse and cut that to about 1,200 faults per step. glibc reads
 these tunables only at process start, hence the re-exec. Set BERT_JAX_MALLOC_TUNING=0, or
 GLIBC_TUNABLES yourself, to keep the process as it is.
+
+Compiler: XLA:CPU hands matrix multiplies and reductions to YNNPACK by default. On BERT's
+shapes (4096 x 768 x 3072 and 4096 x 768 x 768, float32, 2 threads) its Eigen path multiplies
+10-20% faster, so jitted steps on CPU meshes keep YNNPACK for reductions only (the mini
+benchmark step runs 5% faster than with YNNPACK matmuls, and 8% faster than without YNNPACK).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import jax
 
 TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
             "glibc.malloc.trim_threshold=4294967296")
@@ -39,3 +49,27 @@ def reexec_with_tuned_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+
+
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str] | None:
+    """XLA options for jitting a train or eval step on `mesh`: `CPU_COMPILER_OPTIONS` on CPU;
+    none on accelerators or when this jaxlib lacks the option."""
+    if mesh.devices.flat[0].platform != "cpu" or not _cpu_options_supported():
+        return None
+    return CPU_COMPILER_OPTIONS
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    import jax
+    import jax.numpy as jnp
+
+    matmul = jax.jit(jnp.matmul, compiler_options=CPU_COMPILER_OPTIONS)
+    try:
+        matmul.lower(jnp.ones((2, 2)), jnp.ones((2, 2))).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
