@@ -4,9 +4,10 @@
 
 Traces `--steps` steps of the benchmark config (after warm-up) into a temporary directory, reads
 the trace back with `jax.profiler.ProfileData`, and prints the ops that took the most time per
-step (summed over XLA's worker threads), then the shares of matrix multiplies (dot / YNNPACK
-fusions), layout copies and everything else. Open the trace directory in TensorBoard's profile
-plugin or Perfetto for the timeline.
+step (summed over XLA's worker and client threads), then the shares of matrix multiplies (dot /
+YNNPACK fusions), layout copies and everything else. Eigen matmuls (what CPU train steps compile
+to, see bert_jax/cpu_tuning.py) run without trace annotations, so their time is missing from the
+sums. Open the trace directory in TensorBoard's profile plugin or Perfetto for the timeline.
 """
 
 from __future__ import annotations
