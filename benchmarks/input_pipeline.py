@@ -5,7 +5,8 @@
 Real shards: the Korean Wikipedia file is tokenized (32k unigram) and prepared (NSP, sequence 128,
 dynamic whole-word masking) in a temporary directory; the pipeline then streams, shuffles,
 parses and masks batches of 32. The consumer side is the mini-like train step of
-`benchmarks/train_step.py` (L4/H256, vocab 32000, batch 32 x 128), timed in the same run.
+`benchmarks/train_step.py` (L4/H256, vocab 32000, batch 32 x 128), timed in the same run, in a
+process re-executed with the malloc settings that `bert-jax pretrain` uses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from bert_jax import input_pipeline
+from bert_jax import cpu_tuning, input_pipeline
 from bert_jax.pretraining_data import load_metadata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
+    cpu_tuning.reexec_with_tuned_malloc()
     if not os.path.exists(args.corpus):
         raise SystemExit(f"--corpus {args.corpus}: not found (the shared Korean Wikipedia file)")
     work = tempfile.mkdtemp(prefix="bench-pipeline-")

@@ -210,7 +210,6 @@ def import_hf(directory: str, output: str) -> list[str]:
 
 def load_imported(workdir: str) -> tuple[BertConfig, dict] | None:
     """The model config and parameters `import-hf` left in `workdir`, or None."""
-
     path = os.path.join(workdir, IMPORTED_MODEL)
     if not os.path.exists(path):
         return None

@@ -47,16 +47,15 @@ def cross_entropy_and_hits(logits, labels) -> tuple[jax.Array, jax.Array]:
     The gradient is written by hand: softmax times the incoming gradient in one pass over the
     logits, then the one-hot part subtracted at the label positions only (a scatter of one value
     per row into that buffer), instead of the one-hot matrix that autodiff would build."""
-    logits = logits.astype(jnp.float32)
-    nll, hits, _ = _cross_entropy_forward(logits, labels)
-    return _cross_entropy(logits, labels), jax.lax.stop_gradient(hits)
+    return _cross_entropy(logits.astype(jnp.float32), labels)
 
 
 def _cross_entropy_forward(logits, labels):
     maximum = jnp.max(logits, axis=-1)
     log_normaliser = maximum + jnp.log(jnp.sum(jnp.exp(logits - maximum[..., None]), axis=-1))
     label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return log_normaliser - label_logit, (label_logit >= maximum).astype(jnp.float32), log_normaliser
+    hits = (label_logit >= maximum).astype(jnp.float32)
+    return (log_normaliser - label_logit, hits), (logits, log_normaliser, labels)
 
 
 @jax.custom_vjp
@@ -64,20 +63,16 @@ def _cross_entropy(logits, labels):
     return _cross_entropy_forward(logits, labels)[0]
 
 
-def _cross_entropy_vjp_forward(logits, labels):
-    nll, _, log_normaliser = _cross_entropy_forward(logits, labels)
-    return nll, (logits, log_normaliser, labels)
-
-
-def _cross_entropy_vjp_backward(residuals, g):
+def _cross_entropy_backward(residuals, cotangents):
     logits, log_normaliser, labels = residuals
+    g = cotangents[0]  # the hits' cotangent is dropped: they carry no gradient
     grad = jnp.exp(logits - log_normaliser[..., None]) * g[..., None]
     rows = grad.reshape(-1, grad.shape[-1])
     rows = rows.at[jnp.arange(rows.shape[0]), labels.reshape(-1)].add(-g.reshape(-1))
     return rows.reshape(grad.shape), None
 
 
-_cross_entropy.defvjp(_cross_entropy_vjp_forward, _cross_entropy_vjp_backward)
+_cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
 
 
 def metric_sums(mlm_logits, nsp_logits, batch, use_nsp: bool) -> dict[str, jax.Array]:
