@@ -110,7 +110,9 @@ def _evaluate(args) -> None:
 def _add_train_parsers(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="pretrain BertForPreTraining on prepared shards",
                               epilog="Any config field can be overridden: --config.train.num_steps=1000")
-    p.add_argument("--config", required=True, help="configs/*.py file with get_config()")
+    p.add_argument("--config", required=True,
+                   help="a packaged config (tiny, mini, small, medium, base, large, demo) or a .py file "
+                        "with get_config()")
     p.add_argument("--data", required=True, help="directory from prepare-data")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and curves go here; resumes if present")
     p.set_defaults(run=_pretrain, accepts_overrides=True)
@@ -146,7 +148,7 @@ def _export_hf(args) -> None:
     data = json.load(open(data_path)) if os.path.exists(data_path) else {}
     hf.export_hf(model, args.output, hf.model_card(model, metrics, data))
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
-          f"BertForPreTraining and AutoTokenizer, or push it with huggingface-cli upload")
+          f"BertForPreTraining and AutoTokenizer, or push it with `hf upload NAME {args.output} .`")
 
 
 def _import_hf(args) -> None:
@@ -256,7 +258,7 @@ def _add_demo_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--corpus", help="your own text (a sentence per line, blank line between documents)")
-    p.add_argument("--steps", type=int, help="pretraining steps (default: configs/demo.py, 800)")
+    p.add_argument("--steps", type=int, help="pretraining steps (default: the demo config's 800)")
     p.set_defaults(run=_demo)
 
 
@@ -269,11 +271,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hf_parsers(subparsers)
     _add_finetune_parsers(subparsers)
     _add_demo_parser(subparsers)
+    for command in subparsers.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the Python traceback of an error (or set BERT_JAX_DEBUG=1)")
     return parser
 
 
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end a command with a one-line message instead of a traceback: bad input and
+    files (exit 2), and failures of the run itself (exit 1): divergence, a checkpoint that could
+    not be written (`CheckpointSaveError`, an OSError), file-system errors of the OS, TensorFlow's
+    file systems and safetensors."""
+    errors = [*INPUT_ERRORS, FloatingPointError, OSError]
+    if "tensorflow" in sys.modules:
+        errors.append(sys.modules["tensorflow"].errors.OpError)
+    if "safetensors" in sys.modules:
+        errors.append(sys.modules["safetensors"].SafetensorError)
+    return tuple(errors)
+
+
+def _exit_status(error: BaseException) -> int:
+    """2 for bad input (usage, files, values), 1 for a run that failed."""
+    tf = sys.modules.get("tensorflow")
+    input_errors = INPUT_ERRORS + ((tf.errors.NotFoundError, tf.errors.InvalidArgumentError) if tf else ())
+    return 2 if isinstance(error, input_errors) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `bert-jax` console script."""
+    """Entry point of the `bert-jax` console script. Returns the exit status: 0, 2 for bad input,
+    1 for a failed run; `--debug` (or BERT_JAX_DEBUG=1) shows tracebacks instead of one line."""
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
         from bert_jax import cpu_tuning
 
@@ -282,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and not getattr(args, "accepts_overrides", False):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = unknown
+    debug = args.debug or os.environ.get("BERT_JAX_DEBUG", "") not in ("", "0")
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"bert-jax {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # noqa: BLE001 - re-raised below unless it is an expected error
+        if debug or not isinstance(error, _expected_errors()):
+            raise
+        message = " ".join(str(error).split("\n")[0].split()) or type(error).__name__
+        print(f"bert-jax {args.command}: error: {message}", file=sys.stderr)
+        return _exit_status(error)
     return 0
 
 

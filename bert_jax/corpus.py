@@ -7,12 +7,12 @@ Every reader yields documents as lists of sentences and counts what it repaired 
 from __future__ import annotations
 
 import collections
-import glob
 import json
-import os
 import re
 import unicodedata
 from typing import Iterable, Iterator
+
+from bert_jax import fs
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。？！])\s+")
 _BOM = "\ufeff"
@@ -23,15 +23,17 @@ class CorpusStats(collections.Counter):
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[str]:
-    """Expands files and globs into a sorted, de-duplicated file list; tfds: names pass through."""
+    """Expands files and globs (local or URLs) into a sorted, de-duplicated list of absolute paths;
+    tfds: names pass through."""
     files: list[str] = []
     for pattern in patterns:
         if pattern.startswith("tfds:"):
             files.append(pattern)
             continue
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if not os.path.isdir(m)]
-        if not matches or not all(os.path.exists(m) for m in matches):
+        path = fs.absolute(pattern)
+        matches = fs.glob(path) if fs.has_magic(path) else [path]
+        matches = [m for m in matches if not fs.isdir(m)]
+        if not matches or not all(fs.exists(m) for m in matches):
             raise FileNotFoundError(f"--input {pattern}: no such file")
         files.extend(matches)
     if not files:
@@ -118,7 +120,7 @@ _UNUSUAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd\ufeff]")  # what clean
 def _cleaned_line_blocks(path: str, stats: CorpusStats) -> Iterator[list[str | None]]:
     """The file's lines, cleaned, in blocks of about 4 MB. A block of plain UTF-8 text is decoded
     and normalised at once; a block with anything unusual goes through `clean_line` line by line."""
-    with open(path, "rb") as f:
+    with fs.open_binary(path) as f:
         rest = b""
         while block := f.read(_BLOCK_BYTES):
             data = rest + block
@@ -149,7 +151,7 @@ def _clean_block(block: bytes, stats: CorpusStats) -> list[str | None]:
 
 def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
     """One JSON object per line; `text_field` holds a whole document."""
-    with open(path, "rb") as f:
+    with fs.open_binary(path) as f:
         for raw in f:
             stats["bytes_read"] += len(raw)
             text = clean_line(raw.rstrip(b"\n"), stats)
@@ -167,10 +169,14 @@ def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: s
 
 def read_tfds(name: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
     """A TensorFlow Datasets text corpus such as `tfds:wikipedia/20230601.ko` (split 'train')."""
-    import tensorflow_datasets as tfds
-
     name, _, split = name.removeprefix("tfds:").partition(":")
-    dataset = tfds.load(name, split=split or "train", shuffle_files=False)
+    try:
+        import tensorflow_datasets as tfds
+
+        dataset = tfds.load(name, split=split or "train", shuffle_files=False)
+    except ModuleNotFoundError as error:  # e.g. apache_beam, which wikipedia's builder needs
+        raise ValueError(f"--input tfds:{name} needs the Python module '{error.name}', which is not "
+                         f"installed (pip install {error.name.split('.')[0].replace('_', '-')})") from None
     for record in tfds.as_numpy(dataset):
         if text_field not in record:
             raise ValueError(f"tfds:{name} has no field '{text_field}'; it has {sorted(record)}")

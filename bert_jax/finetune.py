@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from bert_jax import cpu_tuning, finetune_data, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
+from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
@@ -170,6 +170,8 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     resuming from `workdir`'s checkpoints if any, and saves the best epoch by eval accuracy.
 
     Returns the best epoch's metrics, the per-epoch history, the label names and truncation counts."""
+    init_dir, train_file, eval_file, workdir = map(fs.absolute, (init_dir, train_file, eval_file, workdir))
+    fs.checkpoint_directory(workdir)
     config = config or finetune_config()
     train_cfg = config.train
     base = pretrained.load(init_dir)
@@ -193,7 +195,7 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
     state, rng, history = _restore_or_init(run, checkpointer, base, config, labels, num_steps)
     step = int(state.step)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, start_step=step)
     if is_main:
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
     preemption, order = Preemption(), None
@@ -204,6 +206,7 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
                 if position == 0 or order is None:  # the example order is drawn once per epoch
                     order = batch_indices(len(train.labels), train_cfg.global_batch_size, train_cfg.seed, epoch)
                 state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
+                checkpointer.check()
                 step += 1
                 epoch_end = step % steps_per_epoch == 0
                 if step % train_cfg.log_every == 0 or epoch_end:
@@ -279,6 +282,7 @@ class Classifier:
     """A saved fine-tuned model: `predict(texts, pairs=None)` -> (label names, probabilities)."""
 
     def __init__(self, workdir: str):
+        workdir = fs.absolute(workdir)
         path = os.path.join(workdir, SAVED)
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"--model {workdir}: no {SAVED}; not a `bert-jax finetune` output")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax import hf_weights
+from bert_jax import fs, hf_weights
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.pretrained import Pretrained, load_params, save_params
@@ -63,6 +63,7 @@ def export_hf(model: Pretrained, output: str, card: str = "") -> None:
     """Writes `model` as a transformers BERT directory into `output` (must not hold a model)."""
     from safetensors.numpy import save_file
 
+    output = fs.absolute(output)
     if os.path.exists(os.path.join(output, "config.json")):
         raise FileExistsError(f"--output {output} already holds a model; choose another directory")
     os.makedirs(output, exist_ok=True)
@@ -195,6 +196,7 @@ def _initial_params(config: BertConfig) -> dict:
 def import_hf(directory: str, output: str) -> list[str]:
     """Turns a local HF BERT directory into a workdir that `pretrain` continues from; returns the
     parts that were missing and freshly initialised."""
+    directory, output = fs.absolute(directory), fs.absolute(output)
     if os.path.exists(os.path.join(output, "checkpoints")) or os.path.exists(os.path.join(output, IMPORTED_MODEL)):
         raise FileExistsError(f"--output {output} already holds a workdir; choose another directory")
     tok = _tokenizer_for(directory)

@@ -59,9 +59,11 @@ def load_workdir(workdir: str) -> Pretrained:
 
 def load(directory: str) -> Pretrained:
     """A pretraining workdir (latest checkpoint + tokenizer), a workdir made by `import-hf` that
-    has not trained yet, or a Hugging Face BERT directory."""
-    from bert_jax import hf
+    has not trained yet, or a Hugging Face BERT directory (a relative path is taken from the
+    current directory)."""
+    from bert_jax import fs, hf
 
+    directory = fs.absolute(directory)
     if tf.io.gfile.exists(os.path.join(directory, "checkpoints")):
         return load_workdir(directory)
     imported = hf.load_imported(directory)

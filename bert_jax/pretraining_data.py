@@ -24,10 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
-from bert_jax import corpus, instances, masking
+from bert_jax import corpus, fs, instances, masking
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.records import frame_records, serialize_columns
-from bert_jax.staging import staged_directory
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -221,7 +220,7 @@ def _ordered_map(jobs, workers: int, tok: tokenizer_lib.Tokenizer):
 
 
 def _input_bytes(files: list[str]) -> int:
-    return sum(os.path.getsize(f) for f in files if not f.startswith("tfds:"))
+    return sum(fs.size(f) for f in files if not f.startswith("tfds:"))
 
 
 class _ShardWriters:
@@ -264,11 +263,13 @@ class _ShardWriters:
 
 def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: DataSettings,
                  workers: int = 1, progress: bool = True) -> dict:
-    """Writes TFRecord shards and metadata.json into `output`; returns the metadata."""
+    """Writes TFRecord shards and metadata.json into `output` (a local directory or a URL; a
+    remote one is uploaded with metadata.json last); returns the metadata."""
+    tokenizer_dir, output = fs.absolute(tokenizer_dir), fs.absolute(output)
     settings.validate()
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    if os.path.exists(os.path.join(output, METADATA_FILE)):
+    if fs.exists(os.path.join(output, METADATA_FILE)):
         raise FileExistsError(f"--output {output} already holds prepared data; choose another directory")
     tok = tokenizer_lib.load(tokenizer_dir)
     files = corpus.expand_inputs(inputs)
@@ -276,7 +277,7 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
     auto_shards = max(1, min(1024, total_bytes // (32 << 20))) if total_bytes else 16
     train_shards = settings.num_shards or auto_shards
     num_shards = {"train": train_shards, "eval": max(1, round(train_shards * settings.eval_fraction))}
-    with staged_directory(output, ".prepare-data-") as staging:
+    with fs.staged_output(output, ".prepare-data-", METADATA_FILE) as staging:
         stats, split_documents, shard_files, seconds = _write_shards(
             files, tok, staging, settings, workers, num_shards, total_bytes, progress)
         if stats["documents"] == 0:
@@ -347,7 +348,7 @@ def load_metadata(data_dir: str) -> dict:
     """Reads `metadata.json` of a prepared data directory (clear error when it is not one)."""
     import tensorflow as tf
 
-    path = os.path.join(data_dir, METADATA_FILE)
+    path = os.path.join(fs.absolute(data_dir), METADATA_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--data {data_dir}: no {METADATA_FILE}; not a finished "
                                 f"`bert-jax prepare-data` output")

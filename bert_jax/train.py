@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from bert_jax import cpu_tuning, flops, hf, hf_weights, input_pipeline, metrics_log, sharding
+from bert_jax import cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, sharding
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
@@ -171,7 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     """Pretrains BertForPreTraining on `data_dir`, resuming from `workdir` if it has checkpoints.
 
     Returns the last train and eval metrics. On SIGTERM it saves a checkpoint and returns early.
+    Local paths are made absolute; `workdir` must be local or on a file system orbax can write.
     """
+    data_dir, workdir = fs.absolute(data_dir), fs.absolute(workdir)
+    fs.checkpoint_directory(workdir)
     metadata = load_metadata(data_dir)
     imported = hf.load_imported(workdir)
     if imported is not None:
@@ -194,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     is_main = jax.process_index() == 0
     bar = tqdm.tqdm(total=train.num_steps, initial=start, disable=not is_main, unit="step",
                     mininterval=2.0, dynamic_ncols=True)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=start)
     per_host = train.global_batch_size // jax.process_count()
     batches = input_pipeline.train_batches(
         data_dir, metadata, per_host, train.num_steps - start, seed=train.seed, mask_prob=config.data.mask_prob,
@@ -214,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
             for step in range(start + 1, train.num_steps + 1):
                 state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
+                checkpointer.check()
                 window_steps += 1
                 bar.update()
                 preempted = preemption.check(step)
@@ -270,6 +274,7 @@ def restore_workdir(workdir: str, metadata: dict, config=None):
     """(run, state) of the latest checkpoint in a pretraining `workdir`, set up for `metadata`."""
     from bert_jax.config_loading import config_from_workdir
 
+    workdir = fs.absolute(workdir)
     config = config or config_from_workdir(workdir)
     run = setup(config, metadata)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_to_keep)
@@ -284,6 +289,7 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[s
     """`bert-jax evaluate`: the latest checkpoint of `workdir` on the eval split of `data_dir`."""
     from bert_jax.config_loading import config_from_workdir
 
+    workdir, data_dir = fs.absolute(workdir), fs.absolute(data_dir)
     config = config_from_workdir(workdir)
     config.train.eval_steps = eval_steps
     metadata = load_metadata(data_dir)

@@ -5,10 +5,10 @@
 # bert-jax calls jax.distributed.initialize() when these variables are set.
 #
 #   launch/gpu_multi_node.sh --coordinator 10.0.0.1:12345 --num-nodes 2 --node-rank 0 \
-#       --data /shared/data --workdir /shared/runs/large --config configs/large.py [--dry-run]
+#       --data /shared/data --workdir /shared/runs/large --config large [--dry-run]
 set -euo pipefail
 
-data="" workdir="" config="configs/large.py" coordinator="" nodes="" rank="" dry_run="" overrides=()
+data="" workdir="" config="large" coordinator="" nodes="" rank="" dry_run="" overrides=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data) data="$2"; shift 2 ;;

@@ -2,11 +2,11 @@
 # Pretrain on all GPUs of one machine: one JAX process drives every local GPU (data parallel by
 # default; set --config.mesh.fsdp / --config.mesh.tensor for larger models).
 #
-#   launch/gpu_single_node.sh --data data --workdir runs/base --config configs/base.py \
+#   launch/gpu_single_node.sh --data data --workdir runs/base --config base \
 #       [--config.model.dtype=bfloat16 ...] [--dry-run]
 set -euo pipefail
 
-data="" workdir="" config="configs/base.py" dry_run="" overrides=()
+data="" workdir="" config="base" dry_run="" overrides=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data) data="$2"; shift 2 ;;
