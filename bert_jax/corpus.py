@@ -175,8 +175,9 @@ def read_tfds(name: str, stats: CorpusStats, max_chars: int, text_field: str) ->
 
         dataset = tfds.load(name, split=split or "train", shuffle_files=False)
     except ModuleNotFoundError as error:  # e.g. apache_beam, which wikipedia's builder needs
-        raise ValueError(f"--input tfds:{name} needs the Python module '{error.name}', which is not "
-                         f"installed (pip install {error.name.split('.')[0].replace('_', '-')})") from None
+        module = (error.name or str(error).splitlines()[0]).split(".")[0]
+        raise ValueError(f"--input tfds:{name} needs the Python module '{module}', which is not installed "
+                         f"(pip install {module.replace('_', '-')})") from None
     for record in tfds.as_numpy(dataset):
         if text_field not in record:
             raise ValueError(f"tfds:{name} has no field '{text_field}'; it has {sorted(record)}")
