@@ -103,12 +103,21 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All lines of `metrics.jsonl` (empty when there is none)."""
+    """All lines of `metrics.jsonl` (empty when there is none). A last line cut short by a killed
+    process is left out; a damaged line before it is an error naming the file and line."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines) or line.endswith("\n"):
+                raise ValueError(f"{path}, line {number}: not a JSON object") from None
+    return rows
 
 
 def plot_curves(workdir: str, curves=CURVES) -> str:

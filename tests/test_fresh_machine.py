@@ -188,3 +188,14 @@ def test_a_failed_save_stops_the_run_at_once_and_keeps_the_good_checkpoint(tmp_p
     assert sorted(os.listdir(checkpoints)) == ["2"]
     assert pretrained.load(str(workdir)).step == 2
     assert main(["evaluate", "--workdir", str(workdir), "--data", str(data), "--eval-steps", "1"]) == 0
+
+
+def test_a_log_line_cut_short_by_a_kill_is_superseded(tmp_path):
+    logger = MetricsLogger(str(tmp_path))
+    for step in (1, 2):
+        logger.write(step, {"train/mlm_loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train/ml')  # killed in the middle of a write
+    MetricsLogger(str(tmp_path), start_step=2)
+    assert (tmp_path / "metrics.jsonl").read_text() == ('{"step": 1, "train/mlm_loss": 1.0}\n'
+                                                        '{"step": 2, "train/mlm_loss": 2.0}\n')
