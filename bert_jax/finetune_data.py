@@ -52,6 +52,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
     """[CLS] text [SEP] (pair [SEP]) ids padded to `max_length`; longer texts are truncated, counted."""
     n = len(rows)
     ids = np.full((n, max_length), tok.pad_id, np.int32)
+    mask = np.zeros((n, max_length), np.int32)
     segments = np.zeros((n, max_length), np.int32)
     firsts = tok.encode_batch([str(r[text_column]) for r in rows])
     seconds = tok.encode_batch([str(r[pair_column]) for r in rows]) if pair_column else [[] for _ in rows]
@@ -64,6 +65,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
                 (a if len(a) >= len(b) else b).pop()
         row = [tok.cls_id] + a + [tok.sep_id] + (b + [tok.sep_id] if pair_column else [])
         ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
         segments[i, len(a) + 2:len(row)] = 1
     label_ids = np.zeros(n, np.int32)
     if label_column:
@@ -73,7 +75,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
             if name not in index:
                 raise ValueError(f"label {name!r} (row {i + 1}) did not occur in the training data {labels}")
             label_ids[i] = index[name]
-    return Examples(ids, (ids != tok.pad_id).astype(np.int32), segments, label_ids, truncated)
+    return Examples(ids, mask, segments, label_ids, truncated)
 
 
 def scores(confusion: np.ndarray) -> tuple[float, float]:

@@ -159,11 +159,13 @@ def _mask_statically(ids: np.ndarray, counts: np.ndarray, tok, settings: DataSet
                                    tok.vocab_size, tok.mask_id, tok.special_ids)
     rows = np.repeat(np.arange(len(counts)), counts)
     cols = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
-    dense = np.zeros((len(counts), settings.max_seq_length), np.int32)
+    dense = np.full((len(counts), settings.max_seq_length), tok.pad_id, np.int32)
     dense[rows, cols] = ids
+    real = np.zeros(dense.shape, bool)
+    real[rows, cols] = True
     starts = np.zeros(dense.shape, bool)
     starts[rows, cols] = tok.is_word_start[ids]
-    masked = masking.mask_batch(dense, starts, np.random.default_rng(rng.getrandbits(64)), config)
+    masked = masking.mask_batch(dense, real, starts, np.random.default_rng(rng.getrandbits(64)), config)
     slots = np.full(len(counts), settings.max_predictions_per_seq, np.int64)
     return {"input_ids": (masked["input_ids"][rows, cols], counts)} | {
         key: (masked[key].reshape(-1), slots) for key in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")}
