@@ -1,14 +1,20 @@
 """Data correctness on real-world input: special ids taken from the tokenizer (never assumed),
 honest NSP labels, compressed / binary / mis-encoded corpora, strict fine-tuning tables."""
 
+import bz2
+import gzip
+import hashlib
 import json
+import lzma
 import os
+import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from bert_jax import input_pipeline, tokenizer
+from bert_jax.cli import main
 from bert_jax.finetune_data import encode
 from bert_jax.pretraining_data import DataSettings, prepare_data
 
@@ -122,3 +128,122 @@ def test_finetune_encoding_pads_with_the_pad_id_and_masks_by_length(specials_las
     assert np.all(examples.input_ids[examples.input_mask == 0] == specials_last.pad_id)
     assert examples.input_ids[1, :3].tolist() == [specials_last.cls_id, specials_last.token_to_id("서울은"),
                                                   specials_last.sep_id]
+
+
+# ---- NSP / SOP label balance (one-sentence documents) ---------------------------------------
+
+def test_one_sentence_documents_are_counted_and_the_nsp_imbalance_reported(tmp_path, korean_corpus,
+                                                                            tokenizer_dir, capsys):
+    lines = [line for line in korean_corpus.read_text(encoding="utf-8").splitlines() if line]
+    one_per_document = tmp_path / "blank_after_every_line.txt"
+    one_per_document.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["prepare-data", "--input", str(one_per_document), "--tokenizer", tokenizer_dir, "--output",
+                 str(tmp_path / "nsp"), "--quiet", "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    summary = json.load(open(tmp_path / "nsp" / "metadata.json"))["summary"]
+    examples = summary["examples"]
+    assert summary["documents"] == summary["one_sentence_documents"] == len(lines) == examples
+    assert summary["pair_labels"] == {"is_next": 0, "random_next": examples, "random_next_share": 1.0,
+                                      "forced_random_next": examples}
+    assert json.loads(captured.out)["pair_labels"] == summary["pair_labels"]
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [f"prepare-data: warning: 100% of the NSP labels are random_next (50% expected); "
+                       f"{examples} of {examples} documents have one sentence; {examples} pairs had to be "
+                       f"random because segment A was a single sentence (short documents or long sentences): "
+                       f"put a blank line between documents, not after every sentence, or use --pair-task "
+                       f"sop / none"]
+    assert len(captured.err.splitlines()) == 1
+    assert main(["prepare-data", "--input", str(one_per_document), "--tokenizer", tokenizer_dir, "--output",
+                 str(tmp_path / "sop"), "--quiet", "--pair-task", "sop"]) == 0
+    sop = json.load(open(tmp_path / "sop" / "metadata.json"))["summary"]["pair_labels"]
+    assert sop["in_order"] + sop["swapped"] == examples and 0.4 <= sop["swapped_share"] <= 0.6
+    assert sop["swapped_share"] == round(sop["swapped"] / examples, 4)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_nsp_labels_of_multi_sentence_documents_are_balanced(tmp_path, korean_corpus, tokenizer_dir, capsys):
+    long_documents = tmp_path / "long.txt"
+    text = korean_corpus.read_text(encoding="utf-8").split("\n\n")
+    long_documents.write_text("\n\n".join("\n".join(text[i:i + 6]) for i in range(0, len(text), 6)),
+                              encoding="utf-8")
+    summary = prepare_data([str(long_documents)], tokenizer_dir, str(tmp_path / "out"),
+                           DataSettings(max_seq_length=64, eval_fraction=0.0), progress=False)["summary"]
+    labels = summary["pair_labels"]
+    assert labels["is_next"] + labels["random_next"] == summary["examples"]
+    assert 0.4 <= labels["random_next_share"] <= 0.6 and summary["one_sentence_documents"] == 0
+    assert labels["forced_random_next"] < labels["random_next"] / 2
+    assert "warning" not in capsys.readouterr().err
+
+
+# ---- compressed, binary and mis-encoded inputs, JSON lines fields ---------------------------
+
+def _shard_digests(directory):
+    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+            for name in sorted(os.listdir(directory)) if name.endswith(".tfrecord")}
+
+
+def test_compressed_corpora_are_read_transparently(tmp_path, korean_corpus, tokenizer_dir):
+    settings = DataSettings(max_seq_length=48, num_shards=2, eval_fraction=0.1)
+    plain = prepare_data([str(korean_corpus)], tokenizer_dir, str(tmp_path / "plain"), settings, progress=False)
+    data = korean_corpus.read_bytes()
+    for name, compress in (("ko.txt.gz", gzip.compress), ("ko.txt.bz2", bz2.compress), ("ko.txt.xz", lzma.compress),
+                           ("gzip_named_txt.txt", gzip.compress)):
+        (tmp_path / name).write_bytes(compress(data))
+        metadata = prepare_data([str(tmp_path / name)], tokenizer_dir, str(tmp_path / f"out_{name}"), settings,
+                                progress=False)
+        assert metadata["summary"]["documents"] == 120 and metadata["splits"] == plain["splits"]
+        assert _shard_digests(tmp_path / f"out_{name}") == _shard_digests(tmp_path / "plain")
+    jsonl = "\n".join(json.dumps({"body": document}, ensure_ascii=False)
+                      for document in data.decode().split("\n\n")).encode()
+    (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(jsonl))
+    metadata = prepare_data([str(tmp_path / "docs.jsonl.gz")], tokenizer_dir, str(tmp_path / "jsonl"),
+                            DataSettings(max_seq_length=48, text_field="body"), progress=False)
+    assert metadata["summary"]["documents"] == 120
+
+
+def test_train_tokenizer_reads_compressed_corpora(tmp_path, korean_corpus):
+    (tmp_path / "ko.txt.xz").write_bytes(lzma.compress(korean_corpus.read_bytes()))
+    plain = tokenizer.train([str(korean_corpus)], str(tmp_path / "plain"), vocab_size=100)
+    packed = tokenizer.train([str(tmp_path / "ko.txt.xz")], str(tmp_path / "xz"), vocab_size=100)
+    assert packed.fingerprint == plain.fingerprint and packed.vocab_size == 100
+
+
+def _zip(path, member_text):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("corpus.txt", member_text)
+
+
+BAD_INPUTS = {
+    "random.bin": (lambda path, text: path.write_bytes(np.random.default_rng(0).bytes(20_000)),
+                   "random.bin: binary data, not text (5"),
+    "corpus.zip": (lambda path, text: _zip(path, text), "corpus.zip: a ZIP archive (unzip it first), not text"),
+    "cut.txt.gz": (lambda path, text: path.write_bytes(gzip.compress(text.encode())[:-40]),
+                   "cut.txt.gz: damaged gzip data: Compressed file ended before the end-of-stream marker"),
+    "euc_kr.txt": (lambda path, text: path.write_bytes(text.encode("cp949")),
+                   "euc_kr.txt: the text is not UTF-8; it looks like cp949 (EUC-KR): convert it first, e.g. "
+                   "`iconv -f cp949 -t utf-8 "),
+    "utf16.txt": (lambda path, text: path.write_bytes(text.encode("utf-16")),
+                  "utf16.txt: the text is not UTF-8; it looks like utf-16: convert it first"),
+    "wrong_field.jsonl": (lambda path, text: path.write_text("\n".join(
+        json.dumps({"title": "제목", "body": document}, ensure_ascii=False) for document in text.split("\n\n"))),
+        "wrong_field.jsonl: no record has the field 'text' (--text-field); the records have ['body', 'title']"),
+    "not_json.jsonl": (lambda path, text: path.write_text(text), "not_json.jsonl: no JSON object in its first lines"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_inputs_that_are_not_utf8_text_are_one_line_errors(name, tmp_path, korean_corpus, tokenizer_dir, capsys):
+    write, message = BAD_INPUTS[name]
+    path = tmp_path / "inputs" / name
+    path.parent.mkdir()
+    write(path, korean_corpus.read_text(encoding="utf-8"))
+    assert main(["prepare-data", "--input", str(korean_corpus), str(path), "--tokenizer", tokenizer_dir,
+                 "--output", str(tmp_path / "data"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bert-jax prepare-data: error: {path.parent}/{message}") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["inputs"]  # no output, no staging directory
+    if not name.endswith(".jsonl"):
+        assert main(["train-tokenizer", "--input", str(path), "--output", str(tmp_path / "tok"),
+                     "--vocab-size", "100"]) == 2
+        assert capsys.readouterr().err.startswith(f"bert-jax train-tokenizer: error: {path.parent}/{message}")
+    assert sorted(os.listdir(tmp_path)) == ["inputs"]
