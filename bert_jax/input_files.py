@@ -76,10 +76,11 @@ def is_json_lines(path: str) -> bool:
     return path.endswith((".jsonl", ".json", ".jsonl.txt"))
 
 
-def check_input(path: str, text_field: str = "text") -> None:
+def check_input(path: str, text_field: str | None = "text") -> None:
     """Inspects the first 64 KB of an input (decompressed) before any reading: binary data, text
     in another encoding than UTF-8 (named, with the `iconv` command that converts it) and JSON
-    lines without `text_field` are ValueErrors naming the file."""
+    lines whose complete lines there lack `text_field` (None: not checked) are ValueErrors naming
+    the file."""
     with open_corpus(path) as stream:
         sample = stream.read(_SAMPLE_BYTES)
     for magic, what in _NOT_TEXT:
@@ -93,7 +94,7 @@ def check_input(path: str, text_field: str = "text") -> None:
     if junk > MAX_JUNK_SHARE * len(text) or (
             invalid >= _MIN_INVALID and invalid > _MAX_INVALID_NON_ASCII * non_ascii):
         raise ValueError(_not_utf8_text(path, sample, junk, len(text)))
-    if is_json_lines(path):
+    if text_field is not None and is_json_lines(path) and (b"\n" in sample or len(sample) < _SAMPLE_BYTES):
         _check_json_field(path, text, text_field)
 
 

@@ -247,3 +247,165 @@ def test_inputs_that_are_not_utf8_text_are_one_line_errors(name, tmp_path, korea
                      "--vocab-size", "100"]) == 2
         assert capsys.readouterr().err.startswith(f"bert-jax train-tokenizer: error: {path.parent}/{message}")
     assert sorted(os.listdir(tmp_path)) == ["inputs"]
+
+
+# ---- fine-tuning tables, labels and flags ---------------------------------------------------
+
+def _table(path, rows, header="id\ttext\tlabel"):
+    path.write_text("\n".join([header] + rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _good_rows(n, start=0):
+    return [f"{i}\t{SIX_WORDS[i % 3]}\t{'긍정' if i % 2 else '부정'}" for i in range(start, start + n)]
+
+
+def _finetune_cli(tmp_path, train, evaluation=None, *flags):
+    """`bert-jax finetune` with a model that does not exist: these errors come before it is loaded."""
+    return main(["finetune", "--init", str(tmp_path / "no_model"), "--train", str(train), "--eval",
+                 str(evaluation or train), "--workdir", str(tmp_path / "ft"), "--batch-size", "8",
+                 "--max-length", "16", "--epochs", "1", *flags])
+
+
+TABLE_ERRORS = {
+    "tab_in_review.tsv": (_good_rows(3) + ["3\t서울은 한국의\t역사 문화\t긍정"] + _good_rows(2, 4),
+                          "line 5: 4 fields where the header has 3 (id, text, label); a TAB inside a text?"),
+    "short_row.tsv": (_good_rows(2) + ["2\t서울은 한국의"], "line 4: 2 fields where the header has 3 (id, text, label)"),
+    "empty_label.tsv": (_good_rows(3) + ["3\t서울은 한국의\t "], "line 5: empty label in column 'label'"),
+    "comma.csv": (["0,서울은 한국의,긍정", "1,서울은, 한국의,부정", "2,학교,부정"],
+                  "line 3: 4 fields where the header has 3 (id, text, label); an unquoted comma inside a text?"),
+    "broken.jsonl": (['{"text": "서울은", "label": "긍정"}', '{"text": "학교", "label": "부정"}', '{"text": "학교",'],
+                     "line 4: invalid JSON (Expecting property name enclosed in double quotes)"),
+    "no_label.jsonl": (['{"text": "서울은", "label": "긍정"}', '{"text": "학교"}'], "line 3: lacks column(s) ['label']"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_ERRORS))
+def test_malformed_table_rows_are_errors_naming_the_line(name, tmp_path, capsys):
+    rows, message = TABLE_ERRORS[name]
+    header = {"tsv": "id\ttext\tlabel", "csv": "id,text,label", "jsonl": '{"text": "도시", "label": "부정"}'}
+    path = _table(tmp_path / name, rows, header[name.rsplit(".", 1)[1]])
+    assert _finetune_cli(tmp_path, path) == 2
+    assert capsys.readouterr().err == (f"bert-jax finetune: error: {path}: {message}; fix the row, or skip such rows "
+                                       f"with --skip-bad-rows\n")
+    assert not (tmp_path / "ft").exists()
+
+
+def test_label_sets_that_cannot_make_a_classifier(tmp_path, capsys):
+    one_label = _table(tmp_path / "one.tsv", [f"{i}\t{SIX_WORDS[i % 3]}\t긍정" for i in range(6)])
+    assert _finetune_cli(tmp_path, one_label) == 2
+    assert capsys.readouterr().err == (f"bert-jax finetune: error: {one_label}: every row has the label '긍정' "
+                                       f"(column 'label'); a classifier needs at least two labels\n")
+    extra = _table(tmp_path / "extra.tsv", _good_rows(4) + ["4\t학교\t중립"])
+    assert _finetune_cli(tmp_path, extra, None, "--labels", "부정", "긍정") == 2
+    assert capsys.readouterr().err == (f"bert-jax finetune: error: {extra}: line 6: label '중립' is not one of the "
+                                       f"labels ['부정', '긍정']\n")
+    good = _table(tmp_path / "good.tsv", _good_rows(6))
+    assert _finetune_cli(tmp_path, good, extra) == 2
+    assert capsys.readouterr().err == (f"bert-jax finetune: error: {extra}: line 6: label '중립' is not one of the "
+                                       f"labels ['긍정', '부정']\n")
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "config.train.global_batch_size=0 (--batch-size) must be >= 1"),
+    (["--epochs", "0"], "config.train.epochs=0 (--epochs) must be >= 1"),
+    (["--max-length", "2"], "config.train.max_length=2 (--max-length) must be >= 3 (the [CLS] and [SEP] tokens "
+                            "and one more)"),
+    (["--learning-rate", "0"], "config.train.learning_rate=0.0 (--learning-rate) must be > 0"),
+    (["--patience", "0"], "config.train.patience=0 (--patience) must be >= 1"),
+    (["--config.train.log_every=0"], "config.train.log_every=0 must be >= 1"),
+])
+def test_finetune_flags_are_checked_before_any_work(flags, message, tmp_path, capsys):
+    train = _table(tmp_path / "train.tsv", _good_rows(8))
+    assert _finetune_cli(tmp_path, train, None, *flags) == 2
+    assert capsys.readouterr().err == f"bert-jax finetune: error: {message}\n"
+    assert sorted(os.listdir(tmp_path)) == ["train.tsv"]
+
+
+@pytest.fixture(scope="module")
+def hf_init(tmp_path_factory, specials_last):
+    """A random Hugging Face BERT (max_position_embeddings 40) with the specials-last tokenizer."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=specials_last.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=4, intermediate_size=37, max_position_embeddings=40,
+                                     pad_token_id=specials_last.pad_id)
+    directory = tmp_path_factory.mktemp("hf_init")
+    transformers.BertForPreTraining(config).save_pretrained(directory)
+    shutil.copy(os.path.join(specials_last.directory, "tokenizer.json"), directory)
+    return directory
+
+
+def test_max_length_beyond_the_model_is_refused_before_encoding(tmp_path, hf_init):
+    import tracemalloc
+
+    from bert_jax.default_config import finetune_config
+    from bert_jax.finetune import finetune
+
+    train = _table(tmp_path / "train.tsv", _good_rows(400))
+    config = finetune_config()
+    config.train.update(max_length=30_000, global_batch_size=8)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="max_length=30000 \\(--max-length\\) exceeds the model's "
+                                         "max_position_embeddings=40"):
+        finetune(str(hf_init), str(train), str(train), str(tmp_path / "ft"), "text", "label", config=config)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 << 20  # encoding 400 x 30,000 ids, mask and segments first took 144 MB
+    assert not (tmp_path / "ft").exists()
+
+
+def test_skip_bad_rows_skips_and_counts_and_trains(tmp_path, hf_init, capsys):
+    train = _table(tmp_path / "train.tsv", _good_rows(8) + ["8\t서울은\t한국의\t긍정", "9\t학교\t"] + _good_rows(8, 10))
+    evaluation = _table(tmp_path / "eval.tsv", _good_rows(8, 20))
+    assert main(["finetune", "--init", str(hf_init), "--train", str(train), "--eval", str(evaluation), "--workdir",
+                 str(tmp_path / "ft"), "--batch-size", "8", "--max-length", "16", "--epochs", "1", "--skip-bad-rows",
+                 "--labels", "부정", "긍정"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped bad rows (--skip-bad-rows): 2 in {train}, 0 in {evaluation}" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["skipped_rows"] == {"train": 2, "eval": 0} and result["labels"] == ["부정", "긍정"]
+    assert json.load(open(tmp_path / "ft" / "finetune.json"))["labels"] == ["부정", "긍정"]
+
+
+# ---- output permissions ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_are_created_with_the_umask(umask, tmp_path, korean_corpus, tokenizer_dir):
+    previous = os.umask(umask)
+    try:
+        prepare_data([str(korean_corpus)], tokenizer_dir, str(tmp_path / "data"), DataSettings(max_seq_length=32),
+                     progress=False)
+        tokenizer.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100)
+    finally:
+        os.umask(previous)
+    modes = {}
+    for output in ("data", "tok"):
+        for root, directories, files in os.walk(tmp_path / output):
+            modes[root] = os.stat(root).st_mode & 0o777
+            modes.update({os.path.join(root, f): os.stat(os.path.join(root, f)).st_mode & 0o777 for f in files})
+    assert len(modes) > 10
+    assert {path: mode for path, mode in modes.items()
+            if mode != (0o777 if os.path.isdir(path) else 0o666) & ~umask} == {}
+
+
+def test_json_lines_with_documents_longer_than_the_inspected_bytes(tmp_path, tokenizer_dir):
+    long_document = " ".join(["서울은 한국의 역사이다."] * 5000)  # 160 KB on one line
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"text": long_document}, ensure_ascii=False) + "\n", encoding="utf-8")
+    metadata = prepare_data([str(path)], tokenizer_dir, str(tmp_path / "out"),
+                            DataSettings(max_seq_length=32, eval_fraction=0.0), progress=False)
+    assert metadata["summary"]["documents"] == 1 and metadata["summary"]["sentences"] == 5000
+
+
+def test_fine_tuning_tables_in_another_encoding_are_named(tmp_path, capsys):
+    path = tmp_path / "euc_kr.tsv"
+    path.write_bytes(("id\ttext\tlabel\n" + "\n".join(_good_rows(30)) + "\n").encode("cp949"))
+    assert _finetune_cli(tmp_path, path) == 2
+    assert capsys.readouterr().err.startswith(f"bert-jax finetune: error: {path}: the text is not UTF-8; it looks "
+                                              f"like cp949 (EUC-KR): convert it first, e.g. `iconv -f cp949")
