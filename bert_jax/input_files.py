@@ -86,7 +86,8 @@ def check_input(path: str, text_field: str | None = "text") -> None:
     for magic, what in _NOT_TEXT:
         if sample.startswith(magic):
             raise ValueError(f"{path}: {what}, not text")
-    complete = sample[:sample.rfind(b"\n") + 1] or sample  # no character cut at the end
+    whole_file = len(sample) < _SAMPLE_BYTES
+    complete = sample if whole_file else sample[:sample.rfind(b"\n") + 1] or sample  # no cut character
     text = complete.decode("utf-8", errors="replace")
     invalid = text.count("\ufffd") - complete.count("\ufffd".encode())
     non_ascii = sum(1 for ch in text if ord(ch) > 0x7F)
@@ -94,7 +95,7 @@ def check_input(path: str, text_field: str | None = "text") -> None:
     if junk > MAX_JUNK_SHARE * len(text) or (
             invalid >= _MIN_INVALID and invalid > _MAX_INVALID_NON_ASCII * non_ascii):
         raise ValueError(_not_utf8_text(path, sample, junk, len(text)))
-    if text_field is not None and is_json_lines(path) and (b"\n" in sample or len(sample) < _SAMPLE_BYTES):
+    if text_field is not None and is_json_lines(path) and (whole_file or b"\n" in sample) and text.strip():
         _check_json_field(path, text, text_field)
 
 

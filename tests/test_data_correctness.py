@@ -344,6 +344,7 @@ def hf_init(tmp_path_factory, specials_last):
 def test_max_length_beyond_the_model_is_refused_before_encoding(tmp_path, hf_init):
     import tracemalloc
 
+    from bert_jax import hf  # noqa: F401  (imported before tracing: the model loader)
     from bert_jax.default_config import finetune_config
     from bert_jax.finetune import finetune
 
