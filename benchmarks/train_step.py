@@ -42,7 +42,7 @@ def make_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, VOCAB, (batch, SEQ)).astype(np.int32)
     ids[:, 0], ids[:, SEQ // 2], ids[:, -1] = 2, 3, 3
-    masked = mask_batch(ids, np.ones_like(ids, bool), rng,
+    masked = mask_batch(ids, np.ones_like(ids, bool), np.ones_like(ids, bool), rng,
                         MaskingConfig(0.15, PREDICTIONS, VOCAB, 4, (0, 1, 2, 3, 4)))
     segments = (np.arange(SEQ)[None, :] > SEQ // 2).astype(np.int32).repeat(batch, 0)
     return {"input_ids": masked["input_ids"], "input_mask": np.ones_like(ids), "segment_ids": segments,

@@ -198,9 +198,10 @@ def _finetune(args) -> None:
     config.train.from_scratch = args.from_scratch
     apply_overrides(config, args.overrides)
     result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
-                      args.text_pair_column, config)
+                      args.text_pair_column, config, args.labels, args.skip_bad_rows)
     if jax_process_index() == 0:
-        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated")}, ensure_ascii=False))
+        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated", "skipped_rows")},
+                         ensure_ascii=False))
 
 
 def _predict(args) -> None:
@@ -209,7 +210,7 @@ def _predict(args) -> None:
 
     classifier = Classifier(args.model)
     columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])
-    rows = read_table(args.input, columns)
+    rows = read_table(args.input, columns).rows
     pairs = [str(r[args.text_pair_column]) for r in rows] if classifier.pairs else None
     names, probabilities = classifier.predict([str(r[args.text_column]) for r in rows], pairs)
     with open(args.output, "w", encoding="utf-8") as f:
@@ -231,6 +232,11 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--text-pair-column")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--labels", nargs="+", help="the label set, in this order (default: the training file's "
+                                               "labels, sorted); any other label is an error naming the line")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip and count rows with the wrong number of fields, bad JSON or an empty label "
+                        "(default: an error naming the line)")
     p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
     p.add_argument("--batch-size", type=int, help="global batch (default 32)")
     p.add_argument("--epochs", type=int, help="default 3")
