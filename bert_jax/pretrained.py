@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 from etils import epath
+from flax import traverse_util
 
 from bert_jax import hf, hf_weights
 from bert_jax import tokenizer as tokenizer_lib
@@ -32,7 +33,6 @@ class Pretrained:
 def save_params(params: dict, path: str) -> None:
     """Writes a parameter tree as float32 safetensors named 'a/b/c', under a temporary name that is
     renamed when complete (so an interrupted save never leaves a broken file)."""
-    from flax import traverse_util
     from safetensors.numpy import save
 
     flat = {"/".join(k): np.ascontiguousarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
@@ -43,7 +43,6 @@ def save_params(params: dict, path: str) -> None:
 
 def load_params(path: str) -> dict:
     """The parameter tree `save_params` wrote."""
-    from flax import traverse_util
     from safetensors.numpy import load
 
     flat = load(epath.Path(path).read_bytes())
@@ -65,9 +64,10 @@ def _workdir_config(workdir: str) -> BertConfig:
 def restore_params(checkpoints: str, config: BertConfig, sharding: jax.sharding.Sharding | None = None
                    ) -> tuple[dict, int]:
     """(params, step) of the latest orbax checkpoint under `checkpoints` (as `bert_jax.checkpoint`
-    writes them), restoring only the `params` subtree of the train state. Arrays are float32
-    numpy on the host (`sharding=None`), or jax.Arrays placed on `sharding` (for example one device,
-    or a NamedSharding replicated over a mesh); the training mesh plays no part."""
+    writes them), restoring only the `params` subtree of the train state (no optimizer moments are
+    read). Arrays are numpy on the host (`sharding=None`), or jax.Arrays placed on `sharding` (for
+    example one device, or a NamedSharding replicated over a mesh); the training mesh plays no part.
+    A checkpoint whose parameters differ from `config`'s is a one-line ValueError."""
     import orbax.checkpoint as ocp
 
     manager = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(create=False))
@@ -82,13 +82,21 @@ def restore_params(checkpoints: str, config: BertConfig, sharding: jax.sharding.
                                                                    dtype=a.dtype), item)
     try:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True)))
+            item=item, restore_args=restore_args, partial_restore=True)))["state"]["params"]
     except (ValueError, KeyError) as error:
-        raise ValueError(f"{checkpoints}/{step}: the checkpoint does not hold the parameters of the model "
-                         f"that config.json describes ({str(error).splitlines()[0][:300]})") from None
+        raise ValueError(f"{checkpoints}/{step} does not hold the parameters of the model config "
+                         f"({str(error).splitlines()[0][:300]})") from None
     finally:
         manager.close()
-    return restored["state"]["params"], step
+    flat = traverse_util.flatten_dict(restored)
+    for path, expected in traverse_util.flatten_dict(item["params"]).items():
+        if isinstance(flat[path], jax.ShapeDtypeStruct):  # partial restore leaves what it did not find
+            raise ValueError(f"{checkpoints}/{step} has no parameter {'/'.join(path)}, which the model config "
+                             f"needs")
+        if flat[path].shape != expected.shape:
+            raise ValueError(f"{checkpoints}/{step}: parameter {'/'.join(path)} has shape {flat[path].shape}, "
+                             f"the model config expects {expected.shape}")
+    return restored, step
 
 
 def load_workdir(workdir: str, sharding: jax.sharding.Sharding | None = None) -> Pretrained:

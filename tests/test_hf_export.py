@@ -17,7 +17,7 @@ from bert_jax.cli import main
 from bert_jax.metrics_log import read_metrics
 from bert_jax.model import BertForPreTraining
 from bert_jax.tokenizer import WORD_START
-from test_load_anywhere import TABLE, TRAINED_LENGTH, sharded_workdirs  # noqa: F401 (a shared fixture)
+from test_load_anywhere import TABLE, TRAINED_LENGTH
 
 TEXTS = ["모든 국민은 [MASK] 앞에 평등하다.", "서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 TOKENIZER_FILES = ["bert_jax_tokenizer.json", "special_tokens_map.json", "spm.model", "spm.vocab",
@@ -25,7 +25,7 @@ TOKENIZER_FILES = ["bert_jax_tokenizer.json", "special_tokens_map.json", "spm.mo
 
 
 @pytest.fixture(scope="module")
-def workdir(sharded_workdirs):  # noqa: F811
+def workdir(sharded_workdirs):
     return sharded_workdirs["fsdp8"]
 
 
@@ -165,13 +165,14 @@ def _damage(directory, kind):
             expected = "no hidden_size"
         else:
             config["intermediate_size"] = 128
-            expected = "bert.encoder.layer.0.intermediate.dense.weight has shape (64, 32) but"
+            expected = (f"bert.encoder.layer.0.intermediate.dense.bias has shape (64,) but {directory / 'config.json'} "
+                        f"implies (128,)")
         json.dump(config, open(directory / "config.json", "w"))
         return ("model.safetensors" if "disagree" in kind else "config.json"), expected
     if kind in ("invalid JSON in config.json", "invalid JSON in tokenizer.json"):
         name = kind.rsplit(" ", 1)[1]
         (directory / name).write_text((directory / name).read_text()[:-20])
-        return name, "not valid"
+        return name, ("not valid JSON (" if name == "config.json" else "not a valid tokenizer file (EOF while parsing")
     raise AssertionError(kind)
 
 

@@ -4,6 +4,7 @@ only (no training module, optimizer or train state)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,12 +16,9 @@ from safetensors.numpy import load_file
 
 from bert_jax import checkpoint, fill_mask, optim, pretrained, train
 from bert_jax.cli import main
-from bert_jax.pretraining_data import DataSettings, prepare_data
-from test_pretrain import tiny_config
 
-MESHES = {"fsdp8": dict(data=1, fsdp=8, tensor=1), "mesh222": dict(data=2, fsdp=2, tensor=2)}
 TEXTS = ["서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
-TRAINED_LENGTH, TABLE = 32, 64  # sequence length of the data; position table of the model
+TRAINED_LENGTH, TABLE = 32, 64  # the sharded_workdirs fixture (conftest.py): data sequence length, position table
 
 # Runs in a fresh process that sees one CPU device: `bert-jax fill-mask --json` and `bert-jax export-hf`
 # of each workdir, and which training modules the process imported on the way.
@@ -41,25 +39,6 @@ result["imported"] = [m for m in ("bert_jax.train", "bert_jax.train_step", "bert
                       if m in sys.modules]
 print(json.dumps(result, ensure_ascii=False))
 """
-
-
-@pytest.fixture(scope="session")
-def sharded_workdirs(tmp_path_factory, korean_corpus, tokenizer_dir):
-    """Pretraining workdirs written with 8 devices: {mesh name: workdir} (2 steps each, eval at the end,
-    a position table twice the trained length)."""
-    root = tmp_path_factory.mktemp("anywhere")
-    prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),
-                 DataSettings(max_seq_length=TRAINED_LENGTH, max_predictions_per_seq=5, num_shards=2,
-                              eval_fraction=0.05), progress=False)
-    workdirs = {}
-    for name, mesh in MESHES.items():
-        config = tiny_config(num_steps=2, eval_every=0, eval_steps=1, log_every=2)
-        config.optim.warmup_steps = 1
-        config.model.max_position_embeddings = TABLE
-        config.mesh.update(mesh)
-        train.train_and_evaluate(config, str(root / "data"), str(root / name))
-        workdirs[name] = str(root / name)
-    return workdirs
 
 
 def _exports_equal(a: str, b: str) -> None:
@@ -122,3 +101,19 @@ def test_loading_restores_parameters_only_onto_the_devices_asked_for(sharded_wor
         np.testing.assert_array_equal(a, np.asarray(b))
     scores = [[c["score"] for c in fill_mask.fill_mask(model, TEXTS[0])[0][0]] for model in (placed, host)]
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("intermediate_size", 128, ": parameter bert/encoder/layer_0/intermediate/bias has shape (64,), the model "
+                               "config expects (128,)"),
+    ("num_layers", 2, " has no parameter bert/encoder/layer_1/attention_norm/bias, which the model config needs")])
+def test_a_config_that_disagrees_with_the_checkpoint_is_a_one_line_error(sharded_workdirs, tmp_path, capsys, field,
+                                                                         value, message):
+    workdir = tmp_path / "changed"
+    shutil.copytree(sharded_workdirs["fsdp8"], workdir)
+    config = json.load(open(workdir / "config.json"))
+    config["model"][field] = value
+    json.dump(config, open(workdir / "config.json", "w"))
+    assert main(["fill-mask", "--model", str(workdir), "서울은 [MASK]이다."]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bert-jax fill-mask: error: {workdir}/checkpoints/2{message}\n"
