@@ -138,17 +138,11 @@ def _fill_mask(args) -> None:
 
 
 def _export_hf(args) -> None:
-    from bert_jax import hf, metrics_log, pretrained
+    from bert_jax import hf_export
 
-    model = pretrained.load(args.workdir)
-    metrics = {}
-    for row in metrics_log.read_metrics(args.workdir):
-        metrics.update({k: v for k, v in row.items() if k.startswith("eval/")})
-    data_path = os.path.join(args.workdir, "data_metadata.json")
-    data = json.load(open(data_path)) if os.path.exists(data_path) else {}
-    hf.export_hf(model, args.output, hf.model_card(model, metrics, data))
+    model = hf_export.export_directory(args.workdir, args.output, args.language, args.license, args.keep_positions)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
-          f"BertForPreTraining and AutoTokenizer, or push it with `hf upload NAME {args.output} .`")
+          f"BertForPreTraining and AutoTokenizer, or publish it with `hf upload USER/MODEL {args.output}`")
 
 
 def _import_hf(args) -> None:
@@ -169,8 +163,14 @@ def _add_hf_parsers(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
     p.set_defaults(run=_fill_mask)
     p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True,
+                   help="pretraining workdir, import-hf output or Hugging Face directory")
     p.add_argument("--output", required=True)
+    p.add_argument("--language", nargs="+", default=["ko"], help="ISO 639-1 code(s) for the model card (default ko)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="Hub license id for the model card (default apache-2.0; check your corpus's terms)")
+    p.add_argument("--keep-positions", action="store_true",
+                   help="export the whole position table, not only the positions pretraining used")
     p.set_defaults(run=_export_hf)
     p = subparsers.add_parser("import-hf", help="turn a local Hugging Face BERT into a workdir")
     p.add_argument("--input", required=True, help="directory with config.json, weights, tokenizer.json")

@@ -106,6 +106,14 @@ def copy(source: str, destination: str) -> None:
         shutil.copyfile(source, destination)
 
 
+def rename(source: str, destination: str) -> None:
+    """Moves one file onto `destination` (replacing it): atomic for local paths."""
+    if is_url(source) or is_url(destination):
+        _gfile().rename(source, destination, overwrite=True)
+    else:
+        os.replace(source, destination)
+
+
 def remove(path: str) -> None:
     _gfile().remove(path) if is_url(path) else os.remove(path)
 
