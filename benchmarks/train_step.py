@@ -222,6 +222,8 @@ def main() -> None:
     steps = args.steps or (10 if device == "cpu" else 20)
     if device == "cpu" and not args.default_malloc:
         cpu_tuning.reexec_with_tuned_malloc()
+    if device == "gpu":  # JAX would take 75% of the GPU up front and starve the PyTorch peers
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     jax.config.update("jax_platforms", JAX_PLATFORMS[device])
     peak, peak_source = device_peak(device)
     print(f"devices: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPU threads; "
