@@ -118,9 +118,35 @@ class Dense(nn.Module):
         kernel_shape = x.shape[x.ndim - self.in_dims:] + self.features
         kernel = self.param("kernel", _init(c, self.axes), kernel_shape, c.params_dtype)
         bias = self.param("bias", _zeros(self.axes[self.in_dims:]), self.features, c.params_dtype)
-        x, kernel, bias = x.astype(c.compute_dtype), kernel.astype(c.compute_dtype), bias.astype(c.compute_dtype)
+        x, kernel = x.astype(c.compute_dtype), kernel.astype(c.compute_dtype)
         contracting = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        return jax.lax.dot_general(x, kernel, (contracting, ((), ()))) + bias
+        return add_parameter(jax.lax.dot_general(x, kernel, (contracting, ((), ()))), bias)
+
+
+def add_parameter(x, param):
+    """x + param (cast to x's dtype), broadcast over the leading axes of x; the gradient of
+    `param` is summed over those axes in param's dtype (float32) even when x is bfloat16, where
+    autodiff of the cast would sum batch x length bfloat16 values in bfloat16."""
+    if x.dtype == param.dtype:
+        return x + param
+    return _add_low_precision(x, param)
+
+
+@jax.custom_vjp
+def _add_low_precision(x, param):
+    return x + param.astype(x.dtype)
+
+
+def _add_low_precision_forward(x, param):
+    return _add_low_precision(x, param), param
+
+
+def _add_low_precision_backward(param, g):
+    leading = tuple(range(g.ndim - param.ndim))
+    return g, jnp.sum(g, axis=leading, dtype=param.dtype)
+
+
+_add_low_precision.defvjp(_add_low_precision_forward, _add_low_precision_backward)
 
 
 @jax.custom_vjp
@@ -216,10 +242,11 @@ class EmbeddingTable(nn.Module):
                            preferred_element_type=jnp.float32).astype(c.compute_dtype)
         return jnp.take(self.embedding, ids, axis=0).astype(c.compute_dtype)
 
-    def leading_rows(self, count: int):
-        """The first `count` rows [count, features] (positions 0..count-1): a slice, whose
-        gradient is a pad, not a scatter of batch x length rows into the table."""
-        return self.embedding[:count].astype(self.config.compute_dtype)
+    def add_leading_rows(self, x):
+        """x [batch, length, features] + the first `length` rows (positions 0..length-1): a
+        slice, whose gradient is a float32 sum over the batch and a pad, not a scatter of
+        batch x length rows into the table."""
+        return add_parameter(x, self.embedding[:x.shape[1]])
 
     def select(self, ids):
         """Rows for a small table (segment ids): a select between the two rows when there are
@@ -250,8 +277,8 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout)
 
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
-        x = (self.word_embeddings(input_ids) + self.position_embeddings.leading_rows(input_ids.shape[1])
-             + self.token_type_embeddings.select(token_type_ids))
+        x = self.position_embeddings.add_leading_rows(self.word_embeddings(input_ids))
+        x = x + self.token_type_embeddings.select(token_type_ids)
         return _constrain(self.dropout(self.layer_norm(x), deterministic=deterministic))
 
     def attend(self, hidden):

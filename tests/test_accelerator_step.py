@@ -40,8 +40,7 @@ def test_embedding_sum_equals_nn_embed_lookups(dtype, lookup):
     params = nn.meta.unbox(module.init(jax.random.key(0), ids, segments, True)["params"])
 
     def embedded(m):
-        return (m.word_embeddings(ids) + m.position_embeddings.leading_rows(SEQ)
-                + m.token_type_embeddings.select(segments))
+        return m.position_embeddings.add_leading_rows(m.word_embeddings(ids)) + m.token_type_embeddings.select(segments)
 
     ours = module.apply({"params": params}, method=embedded)
     table = {name: params[name]["embedding"].astype(dtype)
@@ -55,16 +54,17 @@ def test_embedding_sum_equals_nn_embed_lookups(dtype, lookup):
                                   np.asarray(jnp.dot(ours[:, :3], table["word_embeddings"].T), np.float32))
 
 
-def test_embedding_gradients_equal_those_of_gathers():
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_embedding_gradients_equal_those_of_float32_gathers(dtype, tolerance):
     ids, segments = _ids(1)
-    module = Embeddings(TINY)
+    module = Embeddings(dataclasses.replace(TINY, dtype=dtype))
     params = nn.meta.unbox(module.init(jax.random.key(0), ids, segments, True)["params"])
     cotangent = jax.random.normal(jax.random.key(1), (BATCH, SEQ, TINY.hidden_size))
 
     def ours(tables):
         m = module.bind({"params": params | tables})
-        x = m.word_embeddings(ids) + m.position_embeddings.leading_rows(SEQ) + m.token_type_embeddings.select(segments)
-        return jnp.sum(x * cotangent)
+        x = m.position_embeddings.add_leading_rows(m.word_embeddings(ids)) + m.token_type_embeddings.select(segments)
+        return jnp.sum(x.astype(jnp.float32) * cotangent)
 
     def gathers(tables):
         x = (tables["word_embeddings"]["embedding"][ids] + tables["position_embeddings"]["embedding"][jnp.arange(SEQ)]
@@ -72,8 +72,10 @@ def test_embedding_gradients_equal_those_of_gathers():
         return jnp.sum(x * cotangent)
 
     tables = {k: params[k] for k in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-                 jax.grad(ours)(tables), jax.grad(gathers)(tables))
+    grads = jax.grad(ours)(tables)
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype("float32")}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance),
+                 grads, jax.grad(gathers)(tables))
 
 
 def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_here():
@@ -225,6 +227,16 @@ def test_no_scatter_into_bfloat16_or_small_tables(lowered_bf16_step):
         assert {(shape, indices) for _, shape, indices in found} == {
             (word_table, BATCH * SEQ), ((BATCH * PREDICTIONS, TINY.vocab_size), BATCH * PREDICTIONS),
             ((BATCH, 2), BATCH)}
+
+
+def test_every_reduction_accumulates_in_float32(lowered_bf16_step):
+    """LayerNorm statistics, softmax, the loss, and the gradients of biases and positions (sums
+    over batch x length) are float32 reductions in the bf16 step."""
+    _, texts = lowered_bf16_step
+    reductions = [(dtype, dims) for hlo in texts for _, dtype, dims, op, _, _ in _INSTRUCTION.findall(hlo)
+                  if op == "reduce"]
+    assert reductions and {dtype for dtype, _ in reductions} <= {"f32", "pred"}, reductions
+    assert ("f32", f"{SEQ},{TINY.hidden_size}") in reductions  # the position-embedding gradient
 
 
 def test_dropout_bits_come_from_rbg_on_accelerators_only(lowered_bf16_step):
