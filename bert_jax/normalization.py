@@ -39,13 +39,16 @@ _INVISIBLE = "\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u00ad\u200b\u200e\u200f\u202a
 # Unicode White_Space: what Rust's char::is_whitespace (and so `tokenizers`) calls whitespace.
 WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
-# Characters that every step above leaves alone and that never compose with a preceding character,
-# so a text made of them, with single inner spaces, is its own normal form (tested exhaustively
-# against the `tokenizers` normaliser): ASCII, Hangul syllables, CJK ideographs, common punctuation.
-_FIXED = ("\x21-\x7e\u00b7\u2013\u2014\u2018-\u201d\u2022\u203b\u3001-\u3003\u3008-\u3011\u3014-\u301b"
-          "\u4e00-\u9fff\uac00-\ud7a3")
-_NOT_FIXED = re.compile(f"[^ {_FIXED}]|  |^ | $|^$")
-_NOT_FIXED_LOWERCASE = re.compile(f"[^ {_FIXED}]|[A-Z]|  |^ | $|^$")
+# Characters that every step above leaves alone (lower-casing too, but for A-Z) and that never
+# compose with a preceding character, so a text made of them, with single inner spaces, is its own
+# normal form (tested over every one of them against the `tokenizers` normaliser): ASCII, Latin-1
+# and general punctuation and symbols, arrows, shapes, CJK punctuation, kana, compatibility jamo,
+# CJK ideographs and Hangul syllables.
+_FIXED = ("\x21-\x7e\u00a1-\u00a7\u00a9\u00ab\u00ac\u00ae\u00b0\u00b1\u00b6\u00b7\u00bb\u00bf\u00d7\u00f7"
+          "\u2010\u2012-\u2016\u2018-\u2023\u2027\u2030\u2032\u2035\u203b\u2190-\u21ff\u25a0-\u25ff\u2600-\u26ff"
+          "\u3001-\u3003\u3008-\u301f\u3041-\u3096\u30a1-\u30fa\u30fc\u3131-\u318e\u4e00-\u9fff\uac00-\ud7a3")
+_OUTSIDE_FIXED = re.compile(f"[^ {_FIXED}]")
+_OUTSIDE_FIXED_LOWERCASE = re.compile(f"[^ {_FIXED}]|[A-Z]")
 
 
 def _charsmap(mapping: dict[str, str]) -> bytes:
@@ -53,6 +56,7 @@ def _charsmap(mapping: dict[str, str]) -> bytes:
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
 
+    spm.set_min_log_level(2)  # the builder logs every map it compiles
     spec = sentencepiece_model_pb2.NormalizerSpec()
     spec.ParseFromString(spm.SentencePieceNormalizer(norm_map=sorted(mapping.items())).serialized_normalizer_spec())
     return spec.precompiled_charsmap
@@ -86,8 +90,9 @@ def _narrow_to_compat(halfwidth: str) -> str:
 
 def is_fixed(text: str, lowercase: bool = False) -> bool:
     """Whether `text` is non-empty and provably its own normal form under `build(lowercase)`
-    (a cheap regex test that lets SentencePiece encode it directly)."""
-    return not (_NOT_FIXED_LOWERCASE if lowercase else _NOT_FIXED).search(text)
+    (a cheap test that lets SentencePiece encode it directly)."""
+    outside = _OUTSIDE_FIXED_LOWERCASE if lowercase else _OUTSIDE_FIXED
+    return bool(text) and text[0] != " " != text[-1] and "  " not in text and not outside.search(text)
 
 
 def normalize_batch(normalizer, texts: list[str], lowercase: bool = False) -> list[str]:
