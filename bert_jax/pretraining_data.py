@@ -100,7 +100,7 @@ def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer
     (documents without tokens left out); sentences longer than `limit` are split at word starts."""
     sentences = [sentence for document in documents for sentence in document]
     encoded = tok.encode_batch(sentences)
-    if found := tokenizer_lib.count_special_strings(sentences):  # encoded as text, never special ids
+    if found := len(tokenizer_lib.special_strings(sentences)):  # encoded as text, never special ids
         stats["special_token_strings_in_text"] += found
     lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
     flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))

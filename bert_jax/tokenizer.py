@@ -140,9 +140,10 @@ _MASK_IN_QUERY = re.compile(f"[{normalization.WHITESPACE}]*" + re.escape("[MASK]
 _SPECIAL_STRINGS = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
 
 
-def count_special_strings(texts: Iterable[str]) -> int:
-    """How many special-token strings ("[SEP]", "[MASK]", ...) `texts` hold (encoded as text)."""
-    return len(_SPECIAL_STRINGS.findall("\n".join(texts)))
+def special_strings(texts: Iterable[str]) -> list[str]:
+    """The special-token strings ("[SEP]", "[MASK]", ...) in `texts`, each occurrence (`encode`
+    reads them as text)."""
+    return _SPECIAL_STRINGS.findall("\n".join(texts))
 
 
 class _SentencePiece:

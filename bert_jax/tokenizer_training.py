@@ -20,7 +20,7 @@ from typing import Sequence
 from bert_jax import normalization
 from bert_jax.staging import staged_directory
 from bert_jax.tokenizer import (MODEL_TYPES, SETTINGS_FILE, SPECIAL_TOKENS, PAD_ID, UNK_ID, CLS_ID, SEP_ID,
-                                WORD_START, Tokenizer, load)
+                                WORD_START, Tokenizer, load, special_strings)
 
 
 @dataclasses.dataclass
@@ -104,13 +104,14 @@ def _vocab_size_error(settings: TokenizerSettings, too_small: bool, bound: int) 
 def _train_sentencepiece(sentences: list[str], settings: TokenizerSettings, output: str):
     normalizer = normalization.build(settings.lowercase)
     normalized = [s for s in normalization.normalize_batch(normalizer, sentences, settings.lowercase) if s]
-    # The characters of "[SEP]" etc. are always in the vocabulary: the `tokenizers` Unigram model
-    # (unlike SentencePiece) matches the special pieces in text read with split_special_tokens=True
-    # whenever their characters are unknown, since unknown characters cost even more.
-    special_chars = sorted(set(normalizer.normalize_str("".join(SPECIAL_TOKENS))))
+    # SentencePiece drops "[SEP]" etc. from training text, but we encode them as text: their
+    # characters join the vocabulary. (Else, besides [UNK]s, the `tokenizers` Unigram model would
+    # match the special pieces in text read with split_special_tokens=True, since unknown characters
+    # cost even more.)
+    special_chars = "".join(sorted(set("".join(special_strings(normalized)))))
     try:
         proto = _sentencepiece_proto(normalized, settings.vocab_size, settings.model_type,
-                                     settings.character_coverage, required_chars="".join(special_chars))
+                                     settings.character_coverage, required_chars=special_chars)
     except _VocabSizeError as error:
         raise _vocab_size_error(settings, error.too_small, error.bound) from None
     with open(os.path.join(output, "spm.model"), "wb") as f:
@@ -128,8 +129,8 @@ def _hf_from_sentencepiece(proto, model_type: str, normalizer):
     pieces = [(p.piece, p.score) for p in proto.pieces]
     if model_type == "unigram":
         # Special pieces sit far below every other piece, so that with split_special_tokens=True
-        # (special tokens read as text) the Unigram model spells "[SEP]" out, as SentencePiece does
-        # (its characters are in the vocabulary, see `_train_sentencepiece`).
+        # (special tokens read as text) the Unigram model spells "[SEP]" out, as SentencePiece does,
+        # when its characters are in the vocabulary (see `_train_sentencepiece`).
         lowest = min(score for piece, score in pieces if piece not in SPECIAL_TOKENS)
         pieces = [(piece, lowest - 1000.0 if piece in SPECIAL_TOKENS else score) for piece, score in pieces]
         model = models.Unigram(pieces, unk_id=UNK_ID, byte_fallback=False)

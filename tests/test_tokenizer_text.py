@@ -137,7 +137,7 @@ def test_exported_tokenizer_gives_our_ids_on_generated_text(trained, capsys):
                      f"{len(variants) - len(differ)}; strings with an [UNK]: {with_unk}")
         assert same_raw == same_split == len(variants)
         assert differ == literal
-        assert with_unk < len(variants) / 10  # the agreement is not one of [UNK]s
+        assert with_unk < len(variants) / 5  # the agreement is not one of [UNK]s
     with capsys.disabled():
         print("\n" + "\n".join(lines))
 
