@@ -1,10 +1,12 @@
-"""Train and load tokenizers (SentencePiece unigram / BPE, or WordPiece) with BERT's special tokens.
+"""Load tokenizers (SentencePiece unigram / BPE, or WordPiece) with BERT's special tokens.
 
 Every tokenizer directory holds `tokenizer.json` (Hugging Face `tokenizers` format, for
 `transformers` users), `bert_jax_tokenizer.json` (the settings used) and, for SentencePiece,
-`spm.model` / `spm.vocab`, which we encode with (13x faster than the `tokenizers` Unigram model;
-the two agree on all but Viterbi ties, 1 sentence in 32,252 of Korean Wikipedia); WordPiece adds
-`vocab.txt` and encodes with `tokenizers`.
+`spm.model` / `spm.vocab`, which we encode with (13x faster than the `tokenizers` Unigram model)
+after the normaliser stored in tokenizer.json (`bert_jax.normalization`); WordPiece adds `vocab.txt`
+and encodes with `tokenizers`. Both paths give tokenizer.json's ids (tests/test_tokenizer_text.py;
+the Unigram models may differ on Viterbi ties, 1 sentence in 32,252 of Korean Wikipedia).
+Training lives in `bert_jax.tokenizer_training` (`train` is re-exported here).
 Special token ids are fixed: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
 """
 
