@@ -7,7 +7,7 @@ Steps, in order:
 1. Hangul compatibility jamo (U+3131-U+318E, e.g. the emoticons ㅋㅋ ㅠㅠ) and their halfwidth
    forms (U+FFA0-U+FFDC) are swapped for private-use placeholders (U+F0000-U+F005D), so that NFKC
    neither turns them into conjoining jamo nor composes those into syllables (ㅋㅠㅠ stays ㅋㅠㅠ,
-   not 큐 + ᅲ).
+   not 큐 + ᅲ). (Those private-use characters in the input come out as jamo.)
 2. Invisible characters that carry no text are removed: C0/C1 controls other than whitespace,
    soft hyphen, zero-width space, word joiner, byte-order mark, bidirectional marks. Zero-width
    (non-)joiners and variation selectors stay: emoji sequences need them. A run of them that starts

@@ -174,8 +174,6 @@ def wordpiece_vocabulary(word_lines: list[str], settings: TokenizerSettings) -> 
     one, as '##c' (as Hugging Face's trainer), then the most frequent BPE merges. SentencePiece BPE
     learns the merges on the words: a piece '▁xy' becomes the word start 'xy', a piece 'xy' the
     continuation '##xy'. Raises ValueError naming the bound when the size does not fit the corpus."""
-    import sentencepiece as spm  # noqa: F401  (fail here, not in the trainer, when it is missing)
-
     distinct = set().union(*map(set, word_lines))
     starting = set().union(*(_WORD_START_CHAR.findall(line) for line in word_lines))
     continuing = set().union(*(_WORD_INNER_CHAR.findall(line) for line in word_lines))
@@ -193,6 +191,7 @@ def wordpiece_vocabulary(word_lines: list[str], settings: TokenizerSettings) -> 
               for p in sorted((p for p in normal if len(p.piece) > 1), key=lambda p: -p.score)
               if not (p.piece.startswith(WORD_START) and len(p.piece) == 2)]
     base = [*SPECIAL_TOKENS, *(c for c in alphabet if c in starting), *("##" + c for c in alphabet if c in continuing)]
+    merged = [token for token in dict.fromkeys(merged) if token not in set(base)]  # a word '##a' gives '##a' again
     if settings.vocab_size < len(base):
         raise _vocab_size_error(settings, True, len(base))
     if settings.vocab_size > len(base) + len(merged):

@@ -2,6 +2,7 @@
 tokenizer.json on generated text variants, compatibility-jamo emoticons, special-token strings in
 text, deterministic WordPiece, vocabulary-size errors."""
 
+import dataclasses
 import json
 import os
 import random
@@ -243,6 +244,19 @@ def test_vocabulary_size_bounds_are_exact_one_line_errors(tmp_path, korean_corpu
     with pytest.raises(ValueError, match=f"at most {maximum} tokens"):
         train(maximum + 1, "above")
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tokenizer-")]
+
+
+def test_wordpiece_vocabulary_is_exact_when_words_look_like_continuations():
+    """Words such as '##a' give BPE pieces that read as continuation tokens; the vocabulary stays
+    duplicate-free and of the asked size."""
+    lines = ["##a ##ab a##a ab b ## #a ba"] * 20
+    settings = tokenizer_training.TokenizerSettings("wordpiece", 100, character_coverage=1.0)
+    with pytest.raises(ValueError, match="at most") as large:
+        tokenizer_training.wordpiece_vocabulary(lines, settings)
+    maximum = int(str(large.value).split("at most ")[1].split()[0])
+    for size in range(maximum - 3, maximum + 1):
+        vocab = tokenizer_training.wordpiece_vocabulary(lines, dataclasses.replace(settings, vocab_size=size))
+        assert len(vocab) == len(set(vocab)) == size and vocab[:5] == list(tokenizer.SPECIAL_TOKENS)
 
 
 def test_cli_vocabulary_too_small_is_one_line(tmp_path, korean_corpus, capsys):
