@@ -22,15 +22,11 @@ MASK = "[MASK]"
 
 
 def _encode(text: str, model: Pretrained) -> list[int]:
-    """[CLS] ... [SEP] ids. A bare word-start piece '▁' before [MASK] is dropped, so that "은
-    [MASK] 중" asks for a word-start piece as in pretraining (as [MASK]'s lstrip in tokenizer.json)."""
+    """[CLS] ... [SEP] ids; the user's [MASK]s are mask ids (`Tokenizer.encode_query`)."""
     tok = model.tokenizer
     if MASK not in text:
         raise ValueError(f"input has no {MASK}: {text!r}")
-    ids = tok.encode(text)
-    bare = tok.token_to_id(WORD_START)
-    ids = [t for i, t in enumerate(ids) if not (t == bare and i + 1 < len(ids) and ids[i + 1] == tok.mask_id)]
-    return [tok.cls_id] + ids + [tok.sep_id]
+    return [tok.cls_id] + tok.encode_query(text) + [tok.sep_id]
 
 
 def _not_candidates(model: Pretrained) -> np.ndarray:

@@ -77,12 +77,14 @@ def export_hf(model: pretrained.Pretrained, output: str, card: str, positions: i
     tok = model.tokenizer
     with open(os.path.join(output, "config.json"), "w") as f:
         json.dump(hf.hf_config(config, tok.pad_id), f, indent=2)
-    _write_tokenizer(tok, output, config.max_position_embeddings)
+    write_tokenizer(tok, output, config.max_position_embeddings)
     with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
 
 
-def _write_tokenizer(tok: tokenizer_lib.Tokenizer, output: str, max_length: int) -> None:
+def write_tokenizer(tok: tokenizer_lib.Tokenizer, output: str, max_length: int) -> None:
+    """Writes the files transformers' AutoTokenizer reads (tokenizer.json and its config, the special
+    tokens map, `model_max_length`) with our own tokenizer files into `output`."""
     tokenizer_lib.copy_files(tok.directory, output)
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                "mask_token": "[MASK]"}

@@ -97,7 +97,10 @@ def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer
                         stats: Counter) -> tuple[np.ndarray, list[list[int]]]:
     """All tokens of the chunk in one array, and each document's sentence boundaries in it
     (documents without tokens left out); sentences longer than `limit` are split at word starts."""
-    encoded = tok.encode_batch([sentence for document in documents for sentence in document])
+    sentences = [sentence for document in documents for sentence in document]
+    encoded = tok.encode_batch(sentences)
+    if found := len(tokenizer_lib.special_strings(sentences)):  # encoded as text, never special ids
+        stats["special_token_strings_in_text"] += found
     lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
     flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
     stats["tokens"] += len(flat)
