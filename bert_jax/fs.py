@@ -75,18 +75,9 @@ def size(path: str) -> int:
     return _gfile().stat(path).length if is_url(path) else os.path.getsize(path)
 
 
-def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
-    """The file at `path` opened in binary `mode` ('rb', 'wb' or 'ab')."""
-    if is_url(path):
-        return _gfile().GFile(path, mode)
-    return open(path, mode)
-
-
-def open_text(path: str, mode: str = "r") -> IO[str]:
-    """The file at `path` opened as UTF-8 text in `mode` ('r', 'w' or 'a')."""
-    if is_url(path):
-        return _gfile().GFile(path, mode)
-    return open(path, mode, encoding="utf-8")
+def open_binary(path: str) -> IO[bytes]:
+    """The file at `path` opened for reading bytes (the one place where input files are opened)."""
+    return _gfile().GFile(path, "rb") if is_url(path) else open(path, "rb")
 
 
 def read_bytes(path: str) -> bytes:
@@ -104,10 +95,6 @@ def copy(source: str, destination: str) -> None:
         _gfile().copy(source, destination, overwrite=True)
     else:
         shutil.copyfile(source, destination)
-
-
-def remove(path: str) -> None:
-    _gfile().remove(path) if is_url(path) else os.remove(path)
 
 
 def checkpoint_directory(path: str) -> str:

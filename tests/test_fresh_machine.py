@@ -199,3 +199,16 @@ def test_a_log_line_cut_short_by_a_kill_is_superseded(tmp_path):
     MetricsLogger(str(tmp_path), start_step=2)
     assert (tmp_path / "metrics.jsonl").read_text() == ('{"step": 1, "train/mlm_loss": 1.0}\n'
                                                         '{"step": 2, "train/mlm_loss": 2.0}\n')
+
+
+def test_local_paths_become_absolute_and_urls_pass_untouched(tmp_path, monkeypatch):
+    from bert_jax import fs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fs.absolute("runs/demo") == str(tmp_path / "runs" / "demo")
+    assert fs.absolute("~/data") == str(tmp_path / "home" / "data")
+    for url in ("gs://bucket/runs/base", "ram://x/y", "tfds:wikipedia/20230601.ko"):
+        assert fs.absolute(url) == url
+    assert fs.checkpoint_directory("gs://bucket/runs/base") == "gs://bucket/runs/base"
+    assert fs.checkpoint_directory("w") == str(tmp_path / "w")
