@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from bert_jax import pretrained, tokenizer
 from bert_jax.cli import main
-from bert_jax.metrics_log import MetricsLogger, read_metrics
+from bert_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from conftest import make_korean_corpus
 
 TINY_CONFIG = '''
@@ -147,6 +147,7 @@ def test_remote_tokenizer_data_and_logs(tmp_path, korean_corpus, monkeypatch):
         logger.write(step, {"train/mlm_loss": float(step)})
     MetricsLogger(_ram("logs"), start_step=2)
     assert [r["step"] for r in read_metrics(_ram("logs"))] == [1, 2]
+    assert tf.io.gfile.GFile(plot_curves(_ram("logs")), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_orbax_on_an_unsupported_file_system_is_a_one_line_error(tmp_path, capsys):
