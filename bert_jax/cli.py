@@ -138,17 +138,11 @@ def _fill_mask(args) -> None:
 
 
 def _export_hf(args) -> None:
-    from bert_jax import hf, metrics_log, pretrained
+    from bert_jax import hf_export
 
-    model = pretrained.load(args.workdir)
-    metrics = {}
-    for row in metrics_log.read_metrics(args.workdir):
-        metrics.update({k: v for k, v in row.items() if k.startswith("eval/")})
-    data_path = os.path.join(args.workdir, "data_metadata.json")
-    data = json.load(open(data_path)) if os.path.exists(data_path) else {}
-    hf.export_hf(model, args.output, hf.model_card(model, metrics, data))
+    model = hf_export.export_directory(args.workdir, args.output, args.language, args.license, args.keep_positions)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
-          f"BertForPreTraining and AutoTokenizer, or push it with `hf upload NAME {args.output} .`")
+          f"BertForPreTraining and AutoTokenizer, or publish it with `hf upload USER/MODEL {args.output}`")
 
 
 def _import_hf(args) -> None:
@@ -169,8 +163,14 @@ def _add_hf_parsers(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
     p.set_defaults(run=_fill_mask)
     p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True,
+                   help="pretraining workdir, import-hf output or Hugging Face directory")
     p.add_argument("--output", required=True)
+    p.add_argument("--language", nargs="+", default=["ko"], help="ISO 639-1 code(s) for the model card (default ko)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="Hub license id for the model card (default apache-2.0; check your corpus's terms)")
+    p.add_argument("--keep-positions", action="store_true",
+                   help="export the whole position table, not only the positions pretraining used")
     p.set_defaults(run=_export_hf)
     p = subparsers.add_parser("import-hf", help="turn a local Hugging Face BERT into a workdir")
     p.add_argument("--input", required=True, help="directory with config.json, weights, tokenizer.json")
@@ -198,9 +198,10 @@ def _finetune(args) -> None:
     config.train.from_scratch = args.from_scratch
     apply_overrides(config, args.overrides)
     result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
-                      args.text_pair_column, config)
+                      args.text_pair_column, config, args.labels, args.skip_bad_rows)
     if jax_process_index() == 0:
-        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated")}, ensure_ascii=False))
+        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated", "skipped_rows")},
+                         ensure_ascii=False))
 
 
 def _predict(args) -> None:
@@ -209,7 +210,7 @@ def _predict(args) -> None:
 
     classifier = Classifier(args.model)
     columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])
-    rows = read_table(args.input, columns)
+    rows = read_table(args.input, columns).rows
     pairs = [str(r[args.text_pair_column]) for r in rows] if classifier.pairs else None
     names, probabilities = classifier.predict([str(r[args.text_column]) for r in rows], pairs)
     with open(args.output, "w", encoding="utf-8") as f:
@@ -231,6 +232,11 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--text-pair-column")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--labels", nargs="+", help="the label set, in this order (default: the training file's "
+                                               "labels, sorted); any other label is an error naming the line")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip and count rows with the wrong number of fields, bad JSON or an empty label "
+                        "(default: an error naming the line)")
     p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
     p.add_argument("--batch-size", type=int, help="global batch (default 32)")
     p.add_argument("--epochs", type=int, help="default 3")

@@ -13,6 +13,7 @@ import unicodedata
 from typing import Iterable, Iterator
 
 from bert_jax import fs
+from bert_jax.input_files import check_input, is_json_lines, looks_binary, open_corpus
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。？！])\s+")
 _BOM = "\ufeff"
@@ -80,17 +81,10 @@ def clean_line(raw: bytes, stats: CorpusStats) -> str | None:
         text = text[1:]
         stats["byte_order_marks_removed"] += 1
     text = unicodedata.normalize("NFC", text).strip()
-    if text and _looks_binary(text):
+    if text and looks_binary(text):
         stats["skipped_binary_lines"] += 1
         return None
     return text
-
-
-_JUNK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffd]")  # control characters but tab, U+FFFD
-
-
-def _looks_binary(text: str) -> bool:
-    return len(_JUNK.findall(text)) > 0.3 * len(text)
 
 
 def read_plain_text(path: str, stats: CorpusStats, max_chars: int) -> Iterator[list[str]]:
@@ -120,7 +114,7 @@ _UNUSUAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd\ufeff]")  # what clean
 def _cleaned_line_blocks(path: str, stats: CorpusStats) -> Iterator[list[str | None]]:
     """The file's lines, cleaned, in blocks of about 4 MB. A block of plain UTF-8 text is decoded
     and normalised at once; a block with anything unusual goes through `clean_line` line by line."""
-    with fs.open_binary(path) as f:
+    with open_corpus(path) as f:
         rest = b""
         while block := f.read(_BLOCK_BYTES):
             data = rest + block
@@ -151,7 +145,7 @@ def _clean_block(block: bytes, stats: CorpusStats) -> list[str | None]:
 
 def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
     """One JSON object per line; `text_field` holds a whole document."""
-    with fs.open_binary(path) as f:
+    with open_corpus(path) as f:
         for raw in f:
             stats["bytes_read"] += len(raw)
             text = clean_line(raw.rstrip(b"\n"), stats)
@@ -189,11 +183,15 @@ def read_tfds(name: str, stats: CorpusStats, max_chars: int, text_field: str) ->
 def read_documents(inputs: list[str], stats: CorpusStats, max_chars: int = 2000,
                    text_field: str = "text") -> Iterator[list[str]]:
     """Documents (lists of sentences) from every input in order: .jsonl/.json as JSON lines,
-    `tfds:NAME` from TensorFlow Datasets, anything else as plain text."""
+    `tfds:NAME` from TensorFlow Datasets, anything else as plain text; gzip, bzip2 and xz files
+    are decompressed. Every file is checked (`check_input`) before the first is read."""
+    for path in inputs:
+        if not path.startswith("tfds:"):
+            check_input(path, text_field)
     for path in inputs:
         if path.startswith("tfds:"):
             documents = read_tfds(path, stats, max_chars, text_field)
-        elif path.endswith((".jsonl", ".json", ".jsonl.txt")):
+        elif is_json_lines(path):
             documents = read_json_lines(path, stats, max_chars, text_field)
         else:
             documents = read_plain_text(path, stats, max_chars)

@@ -50,13 +50,6 @@ def isdir(path: str) -> bool:
     return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
 
 
-def listdir(path: str) -> list[str]:
-    """Names in directory `path` (FileNotFoundError naming it when there is none)."""
-    if not isdir(path):
-        raise FileNotFoundError(f"{path}: no such directory")
-    return [name.rstrip("/") for name in _gfile().listdir(path)] if is_url(path) else os.listdir(path)
-
-
 def makedirs(path: str) -> None:
     _gfile().makedirs(path) if is_url(path) else os.makedirs(path, exist_ok=True)
 
@@ -75,9 +68,9 @@ def size(path: str) -> int:
     return _gfile().stat(path).length if is_url(path) else os.path.getsize(path)
 
 
-def open_binary(path: str) -> IO[bytes]:
-    """The file at `path` opened for reading bytes (the one place where input files are opened)."""
-    return _gfile().GFile(path, "rb") if is_url(path) else open(path, "rb")
+def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
+    """The file at `path` opened in binary `mode` ('rb' or 'wb')."""
+    return _gfile().GFile(path, mode) if is_url(path) else open(path, mode)
 
 
 def read_bytes(path: str) -> bytes:
@@ -95,6 +88,14 @@ def copy(source: str, destination: str) -> None:
         _gfile().copy(source, destination, overwrite=True)
     else:
         shutil.copyfile(source, destination)
+
+
+def rename(source: str, destination: str) -> None:
+    """Moves one file onto `destination` (replacing it): atomic for local paths."""
+    if is_url(source) or is_url(destination):
+        _gfile().rename(source, destination, overwrite=True)
+    else:
+        os.replace(source, destination)
 
 
 def checkpoint_directory(path: str) -> str:

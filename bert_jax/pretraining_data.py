@@ -117,6 +117,7 @@ def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer
                 bounds.extend(start + cut for cut in instances.split_points(tok.is_word_start[flat[start:end]], limit))
             bounds.append(end)
         k += len(document)
+        stats["one_sentence_documents"] += len(bounds) == 2
         if bounds:
             result.append(bounds)
     return flat, result
@@ -134,9 +135,11 @@ def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[
         stats["documents_in_chunks_without_partner"] += 1
     made = [inst for _ in range(settings.dupe_factor) for d in range(len(docs))
             for inst in instances.create_instances(docs, d, settings.max_seq_length, settings.short_seq_prob,
-                                                   settings.pair_task, rng)]
+                                                   settings.pair_task, rng, stats)]
     rng.shuffle(made)
     stats["examples"] = len(made)
+    stats["pair_label_1"] = sum(inst[4] for inst in made)
+    stats["pair_label_0"] = len(made) - stats["pair_label_1"]
     if not made:
         return [], stats
     columns = instances.assemble(flat, np.array(made, np.int64), tok.cls_id, tok.sep_id)
@@ -158,11 +161,13 @@ def _mask_statically(ids: np.ndarray, counts: np.ndarray, tok, settings: DataSet
                                    tok.vocab_size, tok.mask_id, tok.special_ids)
     rows = np.repeat(np.arange(len(counts)), counts)
     cols = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
-    dense = np.zeros((len(counts), settings.max_seq_length), np.int32)
+    dense = np.full((len(counts), settings.max_seq_length), tok.pad_id, np.int32)
     dense[rows, cols] = ids
+    real = np.zeros(dense.shape, bool)
+    real[rows, cols] = True
     starts = np.zeros(dense.shape, bool)
     starts[rows, cols] = tok.is_word_start[ids]
-    masked = masking.mask_batch(dense, starts, np.random.default_rng(rng.getrandbits(64)), config)
+    masked = masking.mask_batch(dense, real, starts, np.random.default_rng(rng.getrandbits(64)), config)
     slots = np.full(len(counts), settings.max_predictions_per_seq, np.int64)
     return {"input_ids": (masked["input_ids"][rows, cols], counts)} | {
         key: (masked[key].reshape(-1), slots) for key in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")}
@@ -288,6 +293,8 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
                              f"{settings.eval_fraction}?)")
         tokenizer_lib.copy_files(tokenizer_dir, os.path.join(staging, "tokenizer"))
         metadata = _metadata(tok, settings, files, stats, split_documents, shard_files, seconds, workers)
+        if warning := instances.pair_label_warning(metadata["summary"], settings.pair_task):
+            print(f"prepare-data: warning: {warning}", file=sys.stderr, flush=True)
         with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, ensure_ascii=False, indent=2)
     return metadata
@@ -336,9 +343,12 @@ def _metadata(tok, settings, files, stats, split_documents, shard_files, seconds
             "examples": splits["train"]["examples"] + splits["eval"]["examples"],
             "tokens": stats["tokens"], "unk_share": stats["unk_tokens"] / max(1, stats["tokens"]),
             "seconds": round(seconds, 2), "workers": workers,
+            "one_sentence_documents": stats["one_sentence_documents"],
+            "pair_labels": instances.pair_label_counts(stats, settings.pair_task),
             "repairs_and_skips": {k: v for k, v in stats.items() if k not in (
                 "documents", "sentences", "tokens", "unk_tokens", "bytes_read", "train_examples",
-                "eval_examples", "train_example_tokens", "eval_example_tokens")},
+                "eval_examples", "train_example_tokens", "eval_example_tokens", "one_sentence_documents",
+                "pair_label_0", "pair_label_1", "forced_random_next")},
         },
         "arguments": dataclasses.asdict(settings) | {"inputs": files},
     }

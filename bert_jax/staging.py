@@ -15,6 +15,7 @@ def staged_directory(output: str, prefix: str):
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual mode
     try:
         yield staging
         if os.path.isdir(output) and not os.listdir(output):
@@ -23,3 +24,10 @@ def staged_directory(output: str, prefix: str):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it; it is set back at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

@@ -287,19 +287,35 @@ class Tokenizer:
         return self.vocab[token_id]
 
 
-NOT_TOKENIZER_FILES = ("config.json", "README.md")  # a Hugging Face model directory's own files
+# The files a tokenizer consists of: ours, and those of Hugging Face fast and slow BERT tokenizers.
+# Everything else in a model directory (weights in any format, the model's config and card) stays.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "spm.model", "spm.vocab", SETTINGS_FILE)
 
 
 def copy_files(source: str, destination: str) -> None:
-    """Copies the tokenizer files of `source` (a tokenizer directory, or a Hugging Face model
-    directory that holds one) into `destination`. Model weights, the model's config.json and card,
-    and subdirectories stay behind. Either side may be a URL (`bert_jax.fs`)."""
+    """Copies the tokenizer files (`TOKENIZER_FILES`) of `source` (a tokenizer directory, or a
+    Hugging Face model directory that holds one) into `destination`. A file that is a symbolic
+    link out of `source` is refused (ValueError), except a Hugging Face cache snapshot's links into
+    its own repository's blobs. Either side may be a URL (`bert_jax.fs`)."""
+    present = [name for name in TOKENIZER_FILES if fs.exists(os.path.join(source, name))]
+    for name in present:  # every file is checked before anything is written
+        if not fs.is_url(source):
+            _check_inside(os.path.join(source, name), source)
     fs.makedirs(destination)
-    for name in fs.listdir(source):
-        path = os.path.join(source, name)
-        if name in NOT_TOKENIZER_FILES or name.endswith((".safetensors", ".bin")) or fs.isdir(path):
-            continue
-        fs.copy(path, os.path.join(destination, name))
+    for name in present:
+        fs.copy(os.path.join(source, name), os.path.join(destination, name))
+
+
+def _check_inside(path: str, source: str) -> None:
+    """Refuses a symbolic link whose target leaves `source` (or, for a Hugging Face cache snapshot
+    `.../models--org--name/snapshots/REVISION`, leaves `.../models--org--name`)."""
+    root = os.path.realpath(source)
+    if os.path.basename(os.path.dirname(root)) == "snapshots":
+        root = os.path.dirname(os.path.dirname(root))
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{path} is a symbolic link to {os.path.realpath(path)}, outside {source}; "
+                         f"copy the file itself into the directory")
 
 
 def _infer_model_type(tokenizer_json: bytes) -> str:

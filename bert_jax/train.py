@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     else:
         state = run.init(jax.random.fold_in(rng, 1))
         if imported is not None:
-            params = hf_weights.params_from_hf(hf_weights.params_to_hf(imported[1], imported[0]), run.model)
+            params = hf_weights.params_from_hf(imported[1], run.model)
             state = state.replace(params=jax.device_put(params, run.state_shardings.params))
     start = int(state.step)
     is_main = jax.process_index() == 0

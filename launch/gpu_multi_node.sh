@@ -34,6 +34,6 @@ fi
 command=(env JAX_COORDINATOR_ADDRESS="$coordinator" JAX_NUM_PROCESSES="$nodes" JAX_PROCESS_ID="$rank"
          XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
          bert-jax pretrain --config "$config" --data "$data" --workdir "$workdir"
-         --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn "${overrides[@]}")
+         "${overrides[@]}")
 printf '%q ' "${command[@]}"; echo
 [[ -n "$dry_run" ]] || exec "${command[@]}"

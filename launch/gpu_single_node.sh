@@ -3,7 +3,8 @@
 # default; set --config.mesh.fsdp / --config.mesh.tensor for larger models).
 #
 #   launch/gpu_single_node.sh --data data --workdir runs/base --config base \
-#       [--config.model.dtype=bfloat16 ...] [--dry-run]
+#       [--config.model.attention_dropout=0 ...] [--dry-run]
+# Compute dtype (bfloat16 on GPUs) and attention kernel follow the config's "auto" defaults.
 set -euo pipefail
 
 data="" workdir="" config="base" dry_run="" overrides=()
@@ -22,6 +23,6 @@ done
 command=(env XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
          XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true"
          bert-jax pretrain --config "$config" --data "$data" --workdir "$workdir"
-         --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn "${overrides[@]}")
+         "${overrides[@]}")
 printf '%q ' "${command[@]}"; echo
 [[ -n "$dry_run" ]] || exec "${command[@]}"
