@@ -50,13 +50,6 @@ def isdir(path: str) -> bool:
     return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
 
 
-def listdir(path: str) -> list[str]:
-    """Names in directory `path` (FileNotFoundError naming it when there is none)."""
-    if not isdir(path):
-        raise FileNotFoundError(f"{path}: no such directory")
-    return [name.rstrip("/") for name in _gfile().listdir(path)] if is_url(path) else os.listdir(path)
-
-
 def makedirs(path: str) -> None:
     _gfile().makedirs(path) if is_url(path) else os.makedirs(path, exist_ok=True)
 
@@ -76,17 +69,8 @@ def size(path: str) -> int:
 
 
 def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
-    """The file at `path` opened in binary `mode` ('rb', 'wb' or 'ab')."""
-    if is_url(path):
-        return _gfile().GFile(path, mode)
-    return open(path, mode)
-
-
-def open_text(path: str, mode: str = "r") -> IO[str]:
-    """The file at `path` opened as UTF-8 text in `mode` ('r', 'w' or 'a')."""
-    if is_url(path):
-        return _gfile().GFile(path, mode)
-    return open(path, mode, encoding="utf-8")
+    """The file at `path` opened in binary `mode` ('rb' or 'wb')."""
+    return _gfile().GFile(path, mode) if is_url(path) else open(path, mode)
 
 
 def read_bytes(path: str) -> bytes:
@@ -112,10 +96,6 @@ def rename(source: str, destination: str) -> None:
         _gfile().rename(source, destination, overwrite=True)
     else:
         os.replace(source, destination)
-
-
-def remove(path: str) -> None:
-    _gfile().remove(path) if is_url(path) else os.remove(path)
 
 
 def checkpoint_directory(path: str) -> str:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from bert_jax import pretrained, tokenizer
 from bert_jax.cli import main
-from bert_jax.metrics_log import MetricsLogger, read_metrics
+from bert_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from conftest import make_korean_corpus
 
 TINY_CONFIG = '''
@@ -147,6 +147,7 @@ def test_remote_tokenizer_data_and_logs(tmp_path, korean_corpus, monkeypatch):
         logger.write(step, {"train/mlm_loss": float(step)})
     MetricsLogger(_ram("logs"), start_step=2)
     assert [r["step"] for r in read_metrics(_ram("logs"))] == [1, 2]
+    assert tf.io.gfile.GFile(plot_curves(_ram("logs")), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_orbax_on_an_unsupported_file_system_is_a_one_line_error(tmp_path, capsys):
@@ -199,3 +200,16 @@ def test_a_log_line_cut_short_by_a_kill_is_superseded(tmp_path):
     MetricsLogger(str(tmp_path), start_step=2)
     assert (tmp_path / "metrics.jsonl").read_text() == ('{"step": 1, "train/mlm_loss": 1.0}\n'
                                                         '{"step": 2, "train/mlm_loss": 2.0}\n')
+
+
+def test_local_paths_become_absolute_and_urls_pass_untouched(tmp_path, monkeypatch):
+    from bert_jax import fs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fs.absolute("runs/demo") == str(tmp_path / "runs" / "demo")
+    assert fs.absolute("~/data") == str(tmp_path / "home" / "data")
+    for url in ("gs://bucket/runs/base", "ram://x/y", "tfds:wikipedia/20230601.ko"):
+        assert fs.absolute(url) == url
+    assert fs.checkpoint_directory("gs://bucket/runs/base") == "gs://bucket/runs/base"
+    assert fs.checkpoint_directory("w") == str(tmp_path / "w")
