@@ -10,8 +10,15 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """Saves (state, rng, extra) per step under `directory`; restores the latest onto given shardings."""
 
-    def __init__(self, directory: str, max_to_keep: int):
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    def __init__(self, directory: str, max_to_keep: int, create: bool = True):
+        """`max_to_keep` >= 1: the newest checkpoint is never deleted (orbax reads 0 as "keep none").
+        `create=False` leaves `directory` absent until the first save, so that opening a workdir
+        to check it writes nothing. Temporary directories of saves cut short (kill -9) are removed."""
+        if max_to_keep < 1:
+            raise ValueError(f"config.train.max_to_keep={max_to_keep}: must be >= 1, or the run's "
+                             f"own checkpoints would be deleted")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                               cleanup_tmp_directories=True,
                                                enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(directory, options=options)
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from bert_jax import cpu_tuning, finetune_data, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
+from bert_jax.config_validation import validate_finetuning
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
 from bert_jax.model import BertConfig, BertModel, Dense
@@ -171,6 +172,7 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
 
     Returns the best epoch's metrics, the per-epoch history, the label names and truncation counts."""
     config = config or finetune_config()
+    validate_finetuning(config)
     train_cfg = config.train
     base = pretrained.load(init_dir)
     columns = [text_column, label_column] + ([pair_column] if pair_column else [])

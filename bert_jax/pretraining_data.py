@@ -268,15 +268,13 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
     settings.validate()
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    if os.path.exists(os.path.join(output, METADATA_FILE)):
-        raise FileExistsError(f"--output {output} already holds prepared data; choose another directory")
     tok = tokenizer_lib.load(tokenizer_dir)
     files = corpus.expand_inputs(inputs)
     total_bytes = _input_bytes(files)
     auto_shards = max(1, min(1024, total_bytes // (32 << 20))) if total_bytes else 16
     train_shards = settings.num_shards or auto_shards
     num_shards = {"train": train_shards, "eval": max(1, round(train_shards * settings.eval_fraction))}
-    with staged_directory(output, ".prepare-data-") as staging:
+    with staged_directory(output, METADATA_FILE, "prepared data") as staging:
         stats, split_documents, shard_files, seconds = _write_shards(
             files, tok, staging, settings, workers, num_shards, total_bytes, progress)
         if stats["documents"] == 0:

@@ -73,7 +73,13 @@ def _train_sentencepiece(sentences: list[str], settings: TokenizerSettings, outp
             raise ValueError(f"--vocab-size {settings.vocab_size} is too large for this corpus: "
                              f"{str(error).split('] ')[-1]}") from None
         raise
-    return _hf_from_sentencepiece(os.path.join(output, "spm.model"), settings.model_type)
+    model_file = os.path.join(output, "spm.model")
+    try:  # the trainer ignores write errors: a full disk leaves a truncated spm.model and no error
+        spm.SentencePieceProcessor(model_file=model_file)
+    except (RuntimeError, OSError):
+        raise OSError(f"{model_file} is incomplete ({os.path.getsize(model_file)} bytes) after training: "
+                      f"the disk is full or the file size limited; nothing was written to the output") from None
+    return _hf_from_sentencepiece(model_file, settings.model_type)
 
 
 def _run_sentencepiece_trainer(spm, sentences: list[str], settings: TokenizerSettings, output: str):
@@ -190,16 +196,14 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
         raise ValueError(f"--model-type must be one of {MODEL_TYPES}, got {model_type!r}")
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"--vocab-size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    if os.path.exists(os.path.join(output, SETTINGS_FILE)):
-        raise FileExistsError(f"--output {output} already holds a tokenizer; choose another directory")
     files = expand_inputs(inputs)
     settings = TokenizerSettings(model_type, vocab_size, character_coverage, input_sentence_size,
                                  lowercase, seed, files)
     stats = CorpusStats()
-    sentences = _sample_sentences(files, input_sentence_size, seed, stats)
-    if not sentences:
-        raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
-    with staged_directory(output, ".tokenizer-") as staging:
+    with staged_directory(output, SETTINGS_FILE, "a tokenizer") as staging:
+        sentences = _sample_sentences(files, input_sentence_size, seed, stats)
+        if not sentences:
+            raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
         if model_type == "wordpiece":
             tokenizer = _train_wordpiece(sentences, settings, staging)
         else:
@@ -210,6 +214,7 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
                                                  "corpus": dict(stats)}
         with open(os.path.join(staging, SETTINGS_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, ensure_ascii=False, indent=2)
+        load(staging)  # a file the trainer wrote incompletely (e.g. a full disk) fails here, before the rename
     return load(output)
 
 
