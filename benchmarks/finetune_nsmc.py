@@ -4,7 +4,7 @@ model from random initialisation, side by side.
     python benchmarks/finetune_nsmc.py [--pretrain-steps 1200] [--epochs 2]
 
 Uses ../shared/data/kowiki_docs_5MB.txt (pretraining) and nsmc_like_small_{train,test}.tsv
-(20,000 / 5,000 reviews). The model is configs/demo.py (L2/H128) with an 8,000-token unigram
+(20,000 / 5,000 reviews). The model is the demo config (bert_jax/configs/demo.py, L2/H128) with an 8,000-token unigram
 tokenizer; pretraining runs `--pretrain-steps` steps of 32 x 128 on this CPU (its wall time is the
 budget reported); both runs then fine-tune with the same settings.
 """

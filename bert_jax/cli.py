@@ -110,7 +110,9 @@ def _evaluate(args) -> None:
 def _add_train_parsers(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="pretrain BertForPreTraining on prepared shards",
                               epilog="Any config field can be overridden: --config.train.num_steps=1000")
-    p.add_argument("--config", required=True, help="configs/*.py file with get_config()")
+    p.add_argument("--config", required=True,
+                   help="a packaged config (tiny, mini, small, medium, base, large, demo) or a .py file "
+                        "with get_config()")
     p.add_argument("--data", required=True, help="directory from prepare-data")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and curves go here; resumes if present")
     p.add_argument("--allow-change", action="append", default=[], metavar="FIELD",
@@ -139,17 +141,11 @@ def _fill_mask(args) -> None:
 
 
 def _export_hf(args) -> None:
-    from bert_jax import hf, metrics_log, pretrained
+    from bert_jax import hf_export
 
-    model = pretrained.load(args.workdir)
-    metrics = {}
-    for row in metrics_log.read_metrics(args.workdir):
-        metrics.update({k: v for k, v in row.items() if k.startswith("eval/")})
-    data_path = os.path.join(args.workdir, "data_metadata.json")
-    data = json.load(open(data_path)) if os.path.exists(data_path) else {}
-    hf.export_hf(model, args.output, hf.model_card(model, metrics, data))
+    model = hf_export.export_directory(args.workdir, args.output, args.language, args.license, args.keep_positions)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
-          f"BertForPreTraining and AutoTokenizer, or push it with huggingface-cli upload")
+          f"BertForPreTraining and AutoTokenizer, or publish it with `hf upload USER/MODEL {args.output}`")
 
 
 def _import_hf(args) -> None:
@@ -170,8 +166,14 @@ def _add_hf_parsers(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
     p.set_defaults(run=_fill_mask)
     p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True,
+                   help="pretraining workdir, import-hf output or Hugging Face directory")
     p.add_argument("--output", required=True)
+    p.add_argument("--language", nargs="+", default=["ko"], help="ISO 639-1 code(s) for the model card (default ko)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="Hub license id for the model card (default apache-2.0; check your corpus's terms)")
+    p.add_argument("--keep-positions", action="store_true",
+                   help="export the whole position table, not only the positions pretraining used")
     p.set_defaults(run=_export_hf)
     p = subparsers.add_parser("import-hf", help="turn a local Hugging Face BERT into a workdir")
     p.add_argument("--input", required=True, help="directory with config.json, weights, tokenizer.json")
@@ -199,9 +201,10 @@ def _finetune(args) -> None:
     config.train.from_scratch = args.from_scratch
     apply_overrides(config, args.overrides)
     result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
-                      args.text_pair_column, config)
+                      args.text_pair_column, config, args.labels, args.skip_bad_rows)
     if jax_process_index() == 0:
-        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated")}, ensure_ascii=False))
+        print(json.dumps({k: result[k] for k in ("best", "labels", "truncated", "skipped_rows")},
+                         ensure_ascii=False))
 
 
 def _predict(args) -> None:
@@ -210,7 +213,7 @@ def _predict(args) -> None:
 
     classifier = Classifier(args.model)
     columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])
-    rows = read_table(args.input, columns)
+    rows = read_table(args.input, columns).rows
     pairs = [str(r[args.text_pair_column]) for r in rows] if classifier.pairs else None
     names, probabilities = classifier.predict([str(r[args.text_column]) for r in rows], pairs)
     with open(args.output, "w", encoding="utf-8") as f:
@@ -232,6 +235,11 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--text-pair-column")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--labels", nargs="+", help="the label set, in this order (default: the training file's "
+                                               "labels, sorted); any other label is an error naming the line")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip and count rows with the wrong number of fields, bad JSON or an empty label "
+                        "(default: an error naming the line)")
     p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
     p.add_argument("--batch-size", type=int, help="global batch (default 32)")
     p.add_argument("--epochs", type=int, help="default 3")
@@ -259,7 +267,7 @@ def _add_demo_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--corpus", help="your own text (a sentence per line, blank line between documents)")
-    p.add_argument("--steps", type=int, help="pretraining steps (default: configs/demo.py, 800)")
+    p.add_argument("--steps", type=int, help="pretraining steps (default: the demo config's 800)")
     p.set_defaults(run=_demo)
 
 
@@ -272,11 +280,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hf_parsers(subparsers)
     _add_finetune_parsers(subparsers)
     _add_demo_parser(subparsers)
+    for command in subparsers.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the Python traceback of an error (or set BERT_JAX_DEBUG=1)")
     return parser
 
 
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end a command with a one-line message instead of a traceback: bad input and
+    files (exit 2), and failures of the run itself (exit 1): divergence, a checkpoint that could
+    not be written (`CheckpointSaveError`, an OSError), file-system errors of the OS, TensorFlow's
+    file systems and safetensors."""
+    errors = [*INPUT_ERRORS, FloatingPointError, OSError]
+    if "tensorflow" in sys.modules:
+        errors.append(sys.modules["tensorflow"].errors.OpError)
+    if "safetensors" in sys.modules:
+        errors.append(sys.modules["safetensors"].SafetensorError)
+    return tuple(errors)
+
+
+def _exit_status(error: BaseException) -> int:
+    """2 for bad input (usage, files, values), 1 for a run that failed."""
+    tf = sys.modules.get("tensorflow")
+    input_errors = INPUT_ERRORS + ((tf.errors.NotFoundError, tf.errors.InvalidArgumentError) if tf else ())
+    return 2 if isinstance(error, input_errors) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `bert-jax` console script."""
+    """Entry point of the `bert-jax` console script. Returns the exit status: 0, 2 for bad input,
+    1 for a failed run; `--debug` (or BERT_JAX_DEBUG=1) shows tracebacks instead of one line."""
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
         from bert_jax import cpu_tuning
 
@@ -285,11 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and not getattr(args, "accepts_overrides", False):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = unknown
+    debug = args.debug or os.environ.get("BERT_JAX_DEBUG", "") not in ("", "0")
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"bert-jax {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # noqa: BLE001 - re-raised below unless it is an expected error
+        if debug or not isinstance(error, _expected_errors()):
+            raise
+        message = " ".join(str(error).split("\n")[0].split()) or type(error).__name__
+        print(f"bert-jax {args.command}: error: {message}", file=sys.stderr)
+        return _exit_status(error)
     return 0
 
 

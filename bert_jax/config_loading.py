@@ -1,8 +1,11 @@
-"""Loads `configs/*.py` files (ml_collections `get_config()`) and applies `--config.a.b=value`."""
+"""Loads experiment configs (ml_collections `get_config()`), packaged by name (`base`) or from a
+Python file, and applies `--config.a.b=value`."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -10,13 +13,24 @@ import os
 import ml_collections
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in `bert_jax/configs` (e.g. 'base', 'demo')."""
+    files = importlib.resources.files("bert_jax.configs").iterdir()
+    return sorted(f.name[:-3] for f in files if f.name.endswith(".py") and not f.name.startswith("_"))
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Runs `get_config()` of the Python file at `path`, then applies command-line overrides."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"bert_jax_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Runs `get_config()` of a packaged config (`path` is a name such as 'base') or of the Python
+    file at `path`, then applies command-line overrides. FileNotFoundError when it is neither."""
+    if os.path.isfile(path):
+        spec = importlib.util.spec_from_file_location(f"bert_jax_config_{abs(hash(path))}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    elif path in packaged_configs():
+        module = importlib.import_module(f"bert_jax.configs.{path}")
+    else:
+        raise FileNotFoundError(f"--config {path}: neither a file nor a packaged config "
+                                f"({', '.join(packaged_configs())})")
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config {path}: defines no get_config()")
     config = module.get_config()

@@ -7,12 +7,13 @@ Every reader yields documents as lists of sentences and counts what it repaired 
 from __future__ import annotations
 
 import collections
-import glob
 import json
-import os
 import re
 import unicodedata
 from typing import Iterable, Iterator
+
+from bert_jax import fs
+from bert_jax.input_files import check_input, is_json_lines, looks_binary, open_corpus
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。？！])\s+")
 _BOM = "\ufeff"
@@ -23,15 +24,17 @@ class CorpusStats(collections.Counter):
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[str]:
-    """Expands files and globs into a sorted, de-duplicated file list; tfds: names pass through."""
+    """Expands files and globs (local or URLs) into a sorted, de-duplicated list of absolute paths;
+    tfds: names pass through."""
     files: list[str] = []
     for pattern in patterns:
         if pattern.startswith("tfds:"):
             files.append(pattern)
             continue
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if not os.path.isdir(m)]
-        if not matches or not all(os.path.exists(m) for m in matches):
+        path = fs.absolute(pattern)
+        matches = fs.glob(path) if fs.has_magic(path) else [path]
+        matches = [m for m in matches if not fs.isdir(m)]
+        if not matches or not all(fs.exists(m) for m in matches):
             raise FileNotFoundError(f"--input {pattern}: no such file")
         files.extend(matches)
     if not files:
@@ -78,17 +81,10 @@ def clean_line(raw: bytes, stats: CorpusStats) -> str | None:
         text = text[1:]
         stats["byte_order_marks_removed"] += 1
     text = unicodedata.normalize("NFC", text).strip()
-    if text and _looks_binary(text):
+    if text and looks_binary(text):
         stats["skipped_binary_lines"] += 1
         return None
     return text
-
-
-_JUNK = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffd]")  # control characters but tab, U+FFFD
-
-
-def _looks_binary(text: str) -> bool:
-    return len(_JUNK.findall(text)) > 0.3 * len(text)
 
 
 def read_plain_text(path: str, stats: CorpusStats, max_chars: int) -> Iterator[list[str]]:
@@ -118,7 +114,7 @@ _UNUSUAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd\ufeff]")  # what clean
 def _cleaned_line_blocks(path: str, stats: CorpusStats) -> Iterator[list[str | None]]:
     """The file's lines, cleaned, in blocks of about 4 MB. A block of plain UTF-8 text is decoded
     and normalised at once; a block with anything unusual goes through `clean_line` line by line."""
-    with open(path, "rb") as f:
+    with open_corpus(path) as f:
         rest = b""
         while block := f.read(_BLOCK_BYTES):
             data = rest + block
@@ -149,7 +145,7 @@ def _clean_block(block: bytes, stats: CorpusStats) -> list[str | None]:
 
 def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
     """One JSON object per line; `text_field` holds a whole document."""
-    with open(path, "rb") as f:
+    with open_corpus(path) as f:
         for raw in f:
             stats["bytes_read"] += len(raw)
             text = clean_line(raw.rstrip(b"\n"), stats)
@@ -167,10 +163,15 @@ def read_json_lines(path: str, stats: CorpusStats, max_chars: int, text_field: s
 
 def read_tfds(name: str, stats: CorpusStats, max_chars: int, text_field: str) -> Iterator[list[str]]:
     """A TensorFlow Datasets text corpus such as `tfds:wikipedia/20230601.ko` (split 'train')."""
-    import tensorflow_datasets as tfds
-
     name, _, split = name.removeprefix("tfds:").partition(":")
-    dataset = tfds.load(name, split=split or "train", shuffle_files=False)
+    try:
+        import tensorflow_datasets as tfds
+
+        dataset = tfds.load(name, split=split or "train", shuffle_files=False)
+    except ModuleNotFoundError as error:  # e.g. apache_beam, which wikipedia's builder needs
+        module = (error.name or str(error).splitlines()[0]).split(".")[0]
+        raise ValueError(f"--input tfds:{name} needs the Python module '{module}', which is not installed "
+                         f"(pip install {module.replace('_', '-')})") from None
     for record in tfds.as_numpy(dataset):
         if text_field not in record:
             raise ValueError(f"tfds:{name} has no field '{text_field}'; it has {sorted(record)}")
@@ -182,11 +183,15 @@ def read_tfds(name: str, stats: CorpusStats, max_chars: int, text_field: str) ->
 def read_documents(inputs: list[str], stats: CorpusStats, max_chars: int = 2000,
                    text_field: str = "text") -> Iterator[list[str]]:
     """Documents (lists of sentences) from every input in order: .jsonl/.json as JSON lines,
-    `tfds:NAME` from TensorFlow Datasets, anything else as plain text."""
+    `tfds:NAME` from TensorFlow Datasets, anything else as plain text; gzip, bzip2 and xz files
+    are decompressed. Every file is checked (`check_input`) before the first is read."""
+    for path in inputs:
+        if not path.startswith("tfds:"):
+            check_input(path, text_field)
     for path in inputs:
         if path.startswith("tfds:"):
             documents = read_tfds(path, stats, max_chars, text_field)
-        elif path.endswith((".jsonl", ".json", ".jsonl.txt")):
+        elif is_json_lines(path):
             documents = read_json_lines(path, stats, max_chars, text_field)
         else:
             documents = read_plain_text(path, stats, max_chars)

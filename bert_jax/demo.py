@@ -59,12 +59,14 @@ def write_demo_corpus(path: str) -> int:
 
 def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = None,
              vocab_size: int = 2000) -> dict:
-    """Runs tokenizer training, data preparation, pretraining, evaluation and fill-mask."""
-    from bert_jax import fill_mask, pretrained, tokenizer
+    """Runs tokenizer training, data preparation, pretraining, evaluation and fill-mask in `workdir`
+    (a local directory; relative paths are taken from the current directory)."""
+    from bert_jax import fill_mask, fs, pretrained, tokenizer
     from bert_jax.default_config import demo_config
     from bert_jax.pretraining_data import DataSettings, METADATA_FILE, prepare_data
     from bert_jax.train import train_and_evaluate
 
+    workdir, corpus = fs.absolute(workdir), fs.absolute(corpus)
     os.makedirs(workdir, exist_ok=True)
     if corpus is None:
         corpus = os.path.join(workdir, "corpus.txt")

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from bert_jax import cpu_tuning, finetune_data, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
+from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.config_validation import validate_finetuning
 from bert_jax.default_config import finetune_config
@@ -166,36 +166,50 @@ def _patience_spent(history: list[dict], patience: int) -> bool:
 
 
 def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_column: str, label_column: str,
-             pair_column: str | None = None, config: ml_collections.ConfigDict | None = None) -> dict:
+             pair_column: str | None = None, config: ml_collections.ConfigDict | None = None,
+             labels: list[str] | None = None, skip_bad_rows: bool = False) -> dict:
     """Fine-tunes the encoder of `init_dir` (a pretraining workdir or a Hugging Face directory),
     resuming from `workdir`'s checkpoints if any, and saves the best epoch by eval accuracy.
 
-    Returns the best epoch's metrics, the per-epoch history, the label names and truncation counts."""
+    `labels` declares the label set (else: the training file's labels); `skip_bad_rows` skips
+    and counts malformed rows instead of stopping at the first (see `finetune_data.read_table`).
+    The settings, both tables and the labels are checked before the model is loaded.
+    Returns the best epoch's metrics, the per-epoch history, the label names, truncation and
+    skipped-row counts."""
+    init_dir, train_file, eval_file, workdir = map(fs.absolute, (init_dir, train_file, eval_file, workdir))
+    fs.checkpoint_directory(workdir)
     config = config or finetune_config()
-    validate_finetuning(config)
     train_cfg = config.train
+    check_settings(train_cfg)  # the training settings, named with their flags
+    validate_finetuning(config)  # every other numeric field (seed, dropout, mesh), and the types
+    columns = [text_column] + ([pair_column] if pair_column else [])
+    tables = {split: read_table(path, columns, label_column, skip_bad_rows)
+              for split, path in (("train", train_file), ("eval", eval_file))}
+    labels = finetune_data.label_names(tables["train"], label_column, labels)
+    finetune_data.check_labels(tables["eval"], label_column, labels)
     base = pretrained.load(init_dir)
-    columns = [text_column, label_column] + ([pair_column] if pair_column else [])
-    train_rows, eval_rows = read_table(train_file, columns), read_table(eval_file, columns)
-    labels = sorted({str(r[label_column]) for r in train_rows})
-    train, evaluation = (encode(rows, base.tokenizer, text_column, pair_column, train_cfg.max_length, labels,
-                                label_column) for rows in (train_rows, eval_rows))
     model_config = dataclasses.replace(base.config, **dict(config.model))
     if train_cfg.max_length > model_config.max_position_embeddings:
         raise ValueError(f"config.train.max_length={train_cfg.max_length} (--max-length) exceeds the model's "
                          f"max_position_embeddings={model_config.max_position_embeddings}")
+    train, evaluation = (encode(tables[split].rows, base.tokenizer, text_column, pair_column, train_cfg.max_length,
+                                labels, label_column) for split in ("train", "eval"))
     steps_per_epoch = -(-len(train.labels) // train_cfg.global_batch_size)
     num_steps = train_cfg.epochs * steps_per_epoch
     run = setup(model_config, len(labels), config, num_steps)
     is_main = jax.process_index() == 0
-    result = {"labels": labels, "truncated": {"train": train.truncated, "eval": evaluation.truncated}}
+    result = {"labels": labels, "truncated": {"train": train.truncated, "eval": evaluation.truncated},
+              "skipped_rows": {split: table.skipped for split, table in tables.items()}}
     if is_main and (train.truncated or evaluation.truncated):
         print(f"truncated to {train_cfg.max_length} tokens: {train.truncated} train and {evaluation.truncated} "
               f"eval examples", flush=True)
+    if is_main and skip_bad_rows:
+        print(f"skipped bad rows (--skip-bad-rows): {tables['train'].skipped} in {train_file}, "
+              f"{tables['eval'].skipped} in {eval_file}", flush=True)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
     state, rng, history = _restore_or_init(run, checkpointer, base, config, labels, num_steps)
     step = int(state.step)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, start_step=step)
     if is_main:
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
     preemption, order = Preemption(), None
@@ -206,6 +220,7 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
                 if position == 0 or order is None:  # the example order is drawn once per epoch
                     order = batch_indices(len(train.labels), train_cfg.global_batch_size, train_cfg.seed, epoch)
                 state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
+                checkpointer.check()
                 step += 1
                 epoch_end = step % steps_per_epoch == 0
                 if step % train_cfg.log_every == 0 or epoch_end:
@@ -237,6 +252,30 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     if is_main and history:
         metrics_log.plot_curves(workdir, CURVES)
     return result | {"best": _best(history), "history": history}
+
+
+# Ranges of the fine-tuning settings (and the flag that sets each), checked before any work.
+SETTING_RANGES = {
+    "max_length": ("--max-length", lambda v: v >= 3, ">= 3 (the [CLS] and [SEP] tokens and one more)"),
+    "global_batch_size": ("--batch-size", lambda v: v >= 1, ">= 1"),
+    "epochs": ("--epochs", lambda v: v >= 1, ">= 1"),
+    "learning_rate": ("--learning-rate", lambda v: v > 0, "> 0"),
+    "patience": ("--patience", lambda v: v >= 1, ">= 1"),
+    "warmup_fraction": (None, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (None, lambda v: v >= 0, ">= 0"),
+    "grad_clip_norm": (None, lambda v: v >= 0, ">= 0 (0 = off)"),
+    "log_every": (None, lambda v: v >= 1, ">= 1"),
+    "checkpoint_every": (None, lambda v: v >= 1, ">= 1"),
+    "max_to_keep": (None, lambda v: v >= 1, ">= 1"),
+}
+
+
+def check_settings(train: ml_collections.ConfigDict) -> None:
+    """A ValueError naming `config.train.FIELD` (and its flag) for the first value out of range."""
+    for field, (flag, valid, rule) in SETTING_RANGES.items():
+        if not valid(train[field]):
+            named = f"config.train.{field}={train[field]}" + (f" ({flag})" if flag else "")
+            raise ValueError(f"{named} must be {rule}")
 
 
 def _restore_or_init(run: FinetuneRun, checkpointer: Checkpointer, base, config, labels, num_steps):
@@ -281,6 +320,7 @@ class Classifier:
     """A saved fine-tuned model: `predict(texts, pairs=None)` -> (label names, probabilities)."""
 
     def __init__(self, workdir: str):
+        workdir = fs.absolute(workdir)
         path = os.path.join(workdir, SAVED)
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"--model {workdir}: no {SAVED}; not a `bert-jax finetune` output")

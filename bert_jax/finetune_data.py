@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
+from typing import Iterator
 
 import numpy as np
 
-from bert_jax import tokenizer as tokenizer_lib
+from bert_jax import input_files, tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
@@ -24,27 +26,112 @@ class Examples:
     truncated: int
 
 
-def read_table(path: str, columns: list[str]) -> list[dict]:
-    """Rows of a .tsv, .csv or .jsonl file; every name in `columns` must exist."""
+@dataclasses.dataclass
+class Table:
+    """The rows of a labelled file, the file line of each row, and the bad rows skipped."""
+
+    path: str
+    rows: list[dict]
+    lines: list[int]
+    skipped: int = 0
+
+
+def read_table(path: str, columns: list[str], label_column: str | None = None,
+               skip_bad_rows: bool = False) -> Table:
+    """Rows of a .tsv, .csv or .jsonl file (gzip, bzip2 or xz compressed too), parsed strictly.
+
+    Every name in `columns` (and `label_column`) must be a column. A row whose field count differs
+    from the header's (a TAB inside a TSV text), a JSON line that is not an object holding every
+    column, and an empty label are ValueErrors naming the line; with `skip_bad_rows` such rows are
+    skipped and counted in `Table.skipped`. Binary data and text that is not UTF-8 are errors too.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8", newline="\n") as f:  # a bare \r inside a text is not a line end
-        if path.endswith((".jsonl", ".json")):
-            rows = [json.loads(line) for line in f if line.strip()]
-        elif path.endswith(".tsv"):  # TSV has no quoting: '"' and '\r' in a review are just characters
-            lines = [line.rstrip("\n").removesuffix("\r").split("\t") for line in f if line.strip()]
-            rows = [dict(zip(lines[0], fields)) for fields in lines[1:]] if lines else []
-        else:
-            rows = list(csv.DictReader(f))
-    if not rows:
+    columns = columns + ([label_column] if label_column else [])
+    input_files.check_input(path, text_field=None)  # unknown columns are reported below
+    with input_files.open_corpus(path) as raw:
+        # newline="\n": a bare \r inside a text is not a line end
+        records = list(_records(path, io.TextIOWrapper(raw, encoding="utf-8", newline="\n")))
+    good = [row for _, row, problem in records if problem is None]
+    if not good:
         raise ValueError(f"{path}: no rows")
-    missing = [c for c in columns if c not in rows[0]]
+    missing = [c for c in dict.fromkeys(columns) if all(c not in row for row in good)]
     if missing:
-        raise ValueError(f"{path}: unknown column(s) {missing}; the file has {sorted(rows[0])}")
-    for number, row in enumerate(rows, 2):
-        if any(row.get(c) is None for c in columns):
-            raise ValueError(f"{path}: line {number} lacks column(s) {[c for c in columns if row.get(c) is None]}")
-    return rows
+        raise ValueError(f"{path}: unknown column(s) {missing}; the file has {sorted(good[0])}")
+    table = Table(path, [], [])
+    for line, row, problem in records:
+        problem = problem or _row_problem(row, columns, label_column)
+        if not problem:
+            table.rows.append(row)
+            table.lines.append(line)
+        elif skip_bad_rows:
+            table.skipped += 1
+        else:
+            raise ValueError(f"{path}: line {line}: {problem}; fix the row, or skip such rows with --skip-bad-rows")
+    return table
+
+
+def _row_problem(row: dict, columns: list[str], label_column: str | None) -> str | None:
+    absent = [c for c in columns if row.get(c) is None]
+    if absent:
+        return f"lacks column(s) {absent}"
+    if label_column and not str(row[label_column]).strip():
+        return f"empty label in column '{label_column}'"
+    return None
+
+
+def _records(path: str, f) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, row or None, problem or None) of every non-blank row after the header."""
+    if input_files.is_json_lines(path):
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                yield line, None, f"invalid JSON ({error.msg})"
+                continue
+            yield (line, row, None) if isinstance(row, dict) else (line, None, "not a JSON object")
+        return
+    if path.endswith(".tsv"):  # TSV has no quoting: '"' and '\r' in a review are just characters
+        lines = ((n, text.rstrip("\n").removesuffix("\r").split("\t")) for n, text in enumerate(f, 1))
+        separator = "a TAB"
+    else:
+        reader = csv.reader(f)
+        lines = ((reader.line_num, fields) for fields in reader)
+        separator = "an unquoted comma"
+    header = None
+    for line, fields in lines:
+        if not any(field.strip() for field in fields):
+            continue
+        if header is None:
+            header = fields
+        elif len(fields) != len(header):
+            hint = f"; {separator} inside a text?" if len(fields) > len(header) else ""
+            yield line, None, f"{len(fields)} fields where the header has {len(header)} ({', '.join(header)}){hint}"
+        else:
+            yield line, dict(zip(header, fields)), None
+
+
+def label_names(table: Table, label_column: str, declared: list[str] | None = None) -> list[str]:
+    """The label set of a training table: `declared` (in its order) or the sorted labels found.
+    A label outside `declared` (naming the line) and fewer than two labels are ValueErrors."""
+    found = sorted({str(row[label_column]) for row in table.rows})
+    if declared:
+        check_labels(table, label_column, declared)
+    if len(found) < 2:
+        raise ValueError(f"{table.path}: every row has the label {found[0]!r} (column '{label_column}'); "
+                         f"a classifier needs at least two labels")
+    return list(declared) if declared else found
+
+
+def check_labels(table: Table, label_column: str, labels: list[str]) -> None:
+    """ValueError naming the file and line of the first label that is not in `labels`."""
+    known = set(labels)
+    for row, line in zip(table.rows, table.lines):
+        if str(row[label_column]) not in known:
+            raise ValueError(f"{table.path}: line {line}: label {str(row[label_column])!r} is not one of "
+                             f"the labels {labels}")
 
 
 def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: str | None, max_length: int,
@@ -52,6 +139,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
     """[CLS] text [SEP] (pair [SEP]) ids padded to `max_length`; longer texts are truncated, counted."""
     n = len(rows)
     ids = np.full((n, max_length), tok.pad_id, np.int32)
+    mask = np.zeros((n, max_length), np.int32)
     segments = np.zeros((n, max_length), np.int32)
     firsts = tok.encode_batch([str(r[text_column]) for r in rows])
     seconds = tok.encode_batch([str(r[pair_column]) for r in rows]) if pair_column else [[] for _ in rows]
@@ -64,6 +152,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
                 (a if len(a) >= len(b) else b).pop()
         row = [tok.cls_id] + a + [tok.sep_id] + (b + [tok.sep_id] if pair_column else [])
         ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
         segments[i, len(a) + 2:len(row)] = 1
     label_ids = np.zeros(n, np.int32)
     if label_column:
@@ -73,7 +162,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
             if name not in index:
                 raise ValueError(f"label {name!r} (row {i + 1}) did not occur in the training data {labels}")
             label_ids[i] = index[name]
-    return Examples(ids, (ids != tok.pad_id).astype(np.int32), segments, label_ids, truncated)
+    return Examples(ids, mask, segments, label_ids, truncated)
 
 
 def scores(confusion: np.ndarray) -> tuple[float, float]:

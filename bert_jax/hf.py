@@ -1,10 +1,10 @@
-"""Hugging Face interop: export a workdir as a `transformers` BERT directory, import one back.
+"""Hugging Face BERT directories: read one (config, weights, tokenizer) and import it as a workdir.
 
-Export writes `config.json`, `model.safetensors` (BertForPreTraining weights), the tokenizer
-(`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`, plus our own files so
-bert-jax loads the directory too) and a README.md model card. Import reads a local BERT directory
-(BertForPreTraining, BertForMaskedLM or BertModel; safetensors, or a PyTorch .bin loaded with
-`weights_only=True`) into a workdir that `pretrain` continues from.
+Reads a local BERT directory (BertForPreTraining, BertForMaskedLM or BertModel; safetensors, or a
+PyTorch .bin loaded with `weights_only=True`). `import-hf` keeps its weights under their Hugging
+Face names in the new workdir; `pretrain` and `bert_jax.pretrained` convert them once into the
+layout of the model they build. A damaged directory is a one-line ValueError naming the file.
+Writing a directory is `bert_jax.hf_export`.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax import hf_weights
+from bert_jax import fs, hf_weights
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.model import BertConfig, BertForPreTraining
-from bert_jax.pretrained import Pretrained, load_params, save_params
 
-IMPORTED_PARAMS = "imported_params.safetensors"  # our parameter tree, flattened with '/'
+IMPORTED_WEIGHTS = "imported_model.safetensors"  # the Hugging Face state dict, missing heads initialised
 IMPORTED_MODEL = "imported_model.json"  # the BertConfig of the imported model
+CONFIG_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+               "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size"}
 
 
 def hf_config(config: BertConfig, pad_token_id: int) -> dict:
@@ -42,109 +44,93 @@ def hf_config(config: BertConfig, pad_token_id: int) -> dict:
 
 
 def config_from_hf(values: dict, path: str) -> BertConfig:
-    """Our BertConfig from a transformers `config.json` (clear error when it is not a BERT)."""
+    """Our BertConfig from a transformers `config.json` (ValueError naming `path` when it is not a
+    BERT, lacks a size or holds an invalid one)."""
     if values.get("model_type", "bert") != "bert":
         raise ValueError(f"{path}: model_type {values.get('model_type')!r}, expected 'bert'")
     if values.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"{path}: hidden_act {values['hidden_act']!r}; only exact 'gelu' is supported")
-    return BertConfig(
-        vocab_size=values["vocab_size"], hidden_size=values["hidden_size"],
-        num_layers=values["num_hidden_layers"], num_heads=values["num_attention_heads"],
-        intermediate_size=values["intermediate_size"],
-        max_position_embeddings=values.get("max_position_embeddings", 512),
-        type_vocab_size=values.get("type_vocab_size", 2),
-        hidden_dropout=values.get("hidden_dropout_prob", 0.1),
-        attention_dropout=values.get("attention_probs_dropout_prob", 0.1),
-        layer_norm_eps=values.get("layer_norm_eps", 1e-12),
-        initializer_range=values.get("initializer_range", 0.02))
+    absent = [key for key in CONFIG_KEYS.values() if key not in values]
+    if absent:
+        raise ValueError(f"{path}: no {', '.join(absent)}; not a complete BERT config")
+    try:
+        return BertConfig(
+            **{ours: values[theirs] for ours, theirs in CONFIG_KEYS.items()},
+            max_position_embeddings=values.get("max_position_embeddings", 512),
+            type_vocab_size=values.get("type_vocab_size", 2),
+            hidden_dropout=values.get("hidden_dropout_prob", 0.1),
+            attention_dropout=values.get("attention_probs_dropout_prob", 0.1),
+            layer_norm_eps=values.get("layer_norm_eps", 1e-12),
+            initializer_range=values.get("initializer_range", 0.02))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
-def export_hf(model: Pretrained, output: str, card: str = "") -> None:
-    """Writes `model` as a transformers BERT directory into `output` (must not hold a model)."""
-    from safetensors.numpy import save_file
-
-    if os.path.exists(os.path.join(output, "config.json")):
-        raise FileExistsError(f"--output {output} already holds a model; choose another directory")
-    os.makedirs(output, exist_ok=True)
-    config = model.config
-    state = hf_weights.params_to_hf(model.params, config)
-    for tied in hf_weights.TIED_HF_NAMES:  # transformers re-ties these on load
-        state.pop(tied)
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
-              os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
-    tok = model.tokenizer
-    with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump(hf_config(config, tok.pad_id), f, indent=2)
-    _write_tokenizer(tok, output, config.max_position_embeddings)
-    with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card)
+def read_json(path: str) -> dict:
+    """The JSON object in `path`; FileNotFoundError or a one-line ValueError naming the file."""
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        values = json.loads(fs.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(values).__name__}")
+    return values
 
 
-def _write_tokenizer(tok: tokenizer_lib.Tokenizer, output: str, max_length: int) -> None:
-    tokenizer_lib.copy_files(tok.directory, output)
-    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-               "mask_token": "[MASK]"}
-    with open(os.path.join(output, "special_tokens_map.json"), "w") as f:
-        json.dump(special, f, indent=2)
-    with open(os.path.join(output, "tokenizer_config.json"), "w") as f:
-        json.dump(special | {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
-                             "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
-                             "clean_up_tokenization_spaces": False}, f, indent=2)
+def load_tokenizer(directory: str) -> tokenizer_lib.Tokenizer:
+    """The tokenizer of `directory`, with a one-line ValueError naming tokenizer.json when the
+    `tokenizers` library cannot parse it."""
+    path = os.path.join(directory, "tokenizer.json")
+    try:
+        return tokenizer_lib.load(directory)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ValueError(f"{path}: not a valid tokenizer file ({str(error).splitlines()[0]})") from None
 
 
-def model_card(model: Pretrained, metrics: dict, data: dict) -> str:
-    """A README.md for the Hub: what was trained, on what, how far, and how it scored."""
-    c = model.config
-    lines = [
-        "---", "library_name: transformers", "pipeline_tag: fill-mask", "tags: [bert, bert-jax]", "---", "",
-        f"# BERT (L{c.num_layers}/H{c.hidden_size}/A{c.num_heads}) pretrained with bert_jax", "",
-        f"- steps: {model.step}",
-        f"- tokenizer: {model.tokenizer.model_type}, {model.tokenizer.vocab_size} tokens",
-        f"- data: {data.get('summary', {}).get('documents', '?')} documents, "
-        f"{data.get('splits', {}).get('train', {}).get('examples', '?')} training examples, "
-        f"sequence length {data.get('max_seq_length', '?')}, {data.get('pair_task', '?')} pairs",
-        "", "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
-    lines += ["", "```python", "from transformers import pipeline",
-              "fill = pipeline('fill-mask', model='PATH_OR_HUB_ID')", "fill('모든 국민은 [MASK] 앞에 평등하다.')",
-              "```", ""]
-    return "\n".join(lines)
-
-
-def load_hf_dir(directory: str) -> Pretrained:
-    """A transformers BERT directory (ours or any BERT with a tokenizer.json) for inference."""
-    tok = _tokenizer_for(directory)
-    config, params, _ = read_hf_weights(directory)
-    return Pretrained(config, params, tok, step=0)
-
-
-def _tokenizer_for(directory: str) -> tokenizer_lib.Tokenizer:
+def tokenizer_for(directory: str) -> tokenizer_lib.Tokenizer:
     """The directory's tokenizer, checked against config.json's vocabulary size."""
     if not os.path.exists(os.path.join(directory, "tokenizer.json")):
         raise FileNotFoundError(f"{directory}: no tokenizer.json; bert-jax needs the fast tokenizer file")
-    tok = tokenizer_lib.load(directory)
-    config = _read_config(directory)
+    tok = load_tokenizer(directory)
+    config = read_config(directory)
     if tok.vocab_size != config.vocab_size:
         raise ValueError(f"{directory}: the tokenizer has {tok.vocab_size} tokens but config.json says "
                          f"vocab_size={config.vocab_size}")
     return tok
 
 
-def _read_state_dict(directory: str) -> dict[str, np.ndarray]:
+def _read_state_dict(directory: str) -> tuple[dict[str, np.ndarray], str]:
+    """(tensors by name, the file they came from)."""
     safetensors_path = os.path.join(directory, "model.safetensors")
     bin_path = os.path.join(directory, "pytorch_model.bin")
     if os.path.exists(safetensors_path):
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return load_file(safetensors_path)
-    if os.path.exists(bin_path):
         try:
-            import torch
-        except ImportError:
-            raise ValueError(f"{bin_path} needs PyTorch to read; convert it to safetensors") from None
-        state = torch.load(bin_path, map_location="cpu", weights_only=True)  # never unpickle freely
-        return {k: v.float().numpy() for k, v in state.items()}
+            return load_file(safetensors_path), safetensors_path
+        except SafetensorError as error:
+            raise ValueError(f"{safetensors_path}: damaged safetensors file ({error})") from None
+    if os.path.exists(bin_path):
+        return _read_pytorch_bin(bin_path), bin_path
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _read_pytorch_bin(path: str) -> dict[str, np.ndarray]:
+    """A PyTorch state dict read with `weights_only=True`: a pickle that would run code is refused."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path} needs PyTorch to read; convert it to safetensors") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle freely
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: refused or unreadable ({str(error).splitlines()[0]})") from None
+    return {k: v.float().numpy() for k, v in state.items()}
 
 
 def _normalise_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -158,27 +144,36 @@ def _normalise_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_config(directory: str) -> BertConfig:
+def read_config(directory: str) -> BertConfig:
+    """Our BertConfig from `directory/config.json`."""
     path = os.path.join(directory, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} is neither a bert-jax workdir nor a Hugging Face model "
                                 f"(no config.json)")
-    with open(path) as f:
-        return config_from_hf(json.load(f), path)
+    return config_from_hf(read_json(path), path)
 
 
-def read_hf_weights(directory: str) -> tuple[BertConfig, dict, list[str]]:
-    """(config, our params, names of parts initialised because the checkpoint lacks them)."""
-    config = _read_config(directory)
-    state = _normalise_names(_read_state_dict(directory))
-    fresh = hf_weights.params_to_hf(_initial_params(config), config)
-    missing = sorted(name for name in fresh if name not in state and name not in hf_weights.TIED_HF_NAMES)
+def read_hf_weights(directory: str) -> tuple[BertConfig, dict[str, np.ndarray], list[str]]:
+    """(config, the HF state dict with every BertForPreTraining tensor, names of the parts that
+    were initialised because the checkpoint lacks them). Raises a ValueError naming the weights
+    file when a tensor's shape disagrees with config.json."""
+    config = read_config(directory)
+    state, path = _read_state_dict(directory)
+    state = _normalise_names(state)
     unknown_prefixes = {n.split(".")[0] for n in state} - {"bert", "cls"}
     if unknown_prefixes:
-        raise ValueError(f"{directory}: unexpected weights {sorted(unknown_prefixes)}; expected a "
+        raise ValueError(f"{path}: unexpected weights {sorted(unknown_prefixes)}; expected a "
                          f"BertForPreTraining, BertForMaskedLM or BertModel checkpoint")
-    merged = {name: state.get(name, value) for name, value in fresh.items()}
-    return config, hf_weights.params_from_hf(merged, config), _parts(missing)
+    expected = hf_weights.hf_shapes(config)
+    for name, shape in expected.items():
+        if name in state and tuple(state[name].shape) != shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)} but "
+                             f"{os.path.join(directory, 'config.json')} implies {shape}")
+    missing = sorted(name for name in expected if name not in state)
+    if missing:
+        fresh = hf_weights.params_to_hf(_initial_params(config), config)
+        state = state | {name: fresh[name] for name in missing}
+    return config, {name: state[name] for name in expected}, _parts(missing)
 
 
 def _parts(missing: list[str]) -> list[str]:
@@ -195,26 +190,31 @@ def _initial_params(config: BertConfig) -> dict:
 def import_hf(directory: str, output: str) -> list[str]:
     """Turns a local HF BERT directory into a workdir that `pretrain` continues from; returns the
     parts that were missing and freshly initialised."""
+    from safetensors.numpy import save_file
+
+    directory, output = fs.absolute(directory), fs.absolute(output)
     if os.path.exists(os.path.join(output, "checkpoints")) or os.path.exists(os.path.join(output, IMPORTED_MODEL)):
         raise FileExistsError(f"--output {output} already holds a workdir; choose another directory")
-    tok = _tokenizer_for(directory)
-    config, params, missing = read_hf_weights(directory)
-    os.makedirs(output, exist_ok=True)
-    tokenizer_lib.copy_files(tok.directory, os.path.join(output, "tokenizer"))
-    save_params(params, os.path.join(output, IMPORTED_PARAMS))
-    with open(os.path.join(output, IMPORTED_MODEL), "w") as f:
+    tok = tokenizer_for(directory)
+    config, state, missing = read_hf_weights(directory)
+    tokenizer_lib.copy_files(tok.directory, os.path.join(output, "tokenizer"))  # checks its links first
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
+              os.path.join(output, IMPORTED_WEIGHTS))
+    with open(os.path.join(output, IMPORTED_MODEL), "w") as f:  # last: marks a complete import
         json.dump(dataclasses.asdict(config) | {"source": os.path.abspath(directory), "initialised": missing}, f,
                   indent=2)
     return missing
 
 
-def load_imported(workdir: str) -> tuple[BertConfig, dict] | None:
-    """The model config and parameters `import-hf` left in `workdir`, or None."""
+def load_imported(workdir: str) -> tuple[BertConfig, dict[str, np.ndarray]] | None:
+    """The model config and the Hugging Face state dict that `import-hf` left in `workdir`, or
+    None; `hf_weights.params_from_hf(state, config)` puts them into any layout of that model."""
+    from safetensors.numpy import load_file
+
     path = os.path.join(workdir, IMPORTED_MODEL)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        values = json.load(f)
+    values = read_json(path)
     fields = {f.name for f in dataclasses.fields(BertConfig)}
     config = BertConfig(**{k: v for k, v in values.items() if k in fields})
-    return config, load_params(os.path.join(workdir, IMPORTED_PARAMS))
+    return config, load_file(os.path.join(workdir, IMPORTED_WEIGHTS))

@@ -132,28 +132,45 @@ def params_from_hf(state_dict: dict[str, np.ndarray], config: BertConfig) -> dic
     return params
 
 
-def params_to_hf(params: dict, config: BertConfig) -> dict[str, np.ndarray]:
-    """Inverse of `params_from_hf`: our params -> HF `BertForPreTraining` state dict (numpy)."""
-    state = {name: np.asarray(_to_hf(kind, np.asarray(_get(params, path))))
-             for path, name, kind in _head_entries()}
+def _entries_with_values(params: dict, config: BertConfig):
+    """(HF name, kind, our array) for every tensor of `params`, layers unstacked when scanned."""
+    for path, name, kind in _head_entries():
+        yield name, kind, _get(params, path)
     encoder = params["bert"]["encoder"]
     for i in range(config.num_layers):
-        layer = (
-            jax.tree.map(lambda x: np.asarray(x)[i], encoder["layers"])
-            if config.scan_layers else encoder[f"layer_{i}"]
-        )
+        layer = jax.tree.map(lambda x: x[i], encoder["layers"]) if config.scan_layers else encoder[f"layer_{i}"]
         for path, name, kind in _layer_entries(i):
-            state[name] = np.asarray(_to_hf(kind, np.asarray(_get(layer, path))))
+            yield name, kind, _get(layer, path)
+
+
+def params_to_hf(params: dict, config: BertConfig) -> dict[str, np.ndarray]:
+    """Inverse of `params_from_hf`: our params -> HF `BertForPreTraining` state dict (numpy)."""
+    state = {name: np.asarray(_to_hf(kind, np.asarray(value)))
+             for name, kind, value in _entries_with_values(params, config)}
     for tied, source in TIED_HF_NAMES.items():
         state[tied] = state[source]
     return state
 
 
-def _check_shapes(params: dict, config: BertConfig) -> None:
-    """Compares every converted array with the shapes our model initialises."""
+def hf_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every HF state-dict tensor (tied copies left out) that `config` implies,
+    computed abstractly (no parameters are initialised)."""
+    abstract = abstract_params(config)
+    shapes = jax.eval_shape(lambda p: {name: _to_hf(kind, value)
+                                       for name, kind, value in _entries_with_values(p, config)}, abstract)
+    return {name: tuple(s.shape) for name, s in shapes.items()}
+
+
+def abstract_params(config: BertConfig) -> dict:
+    """ShapeDtypeStructs of our `BertForPreTraining` parameters for `config`."""
     ids = jnp.zeros((1, 1), jnp.int32)
     abstract = jax.eval_shape(lambda: BertForPreTraining(config).init(jax.random.key(0), ids))
-    expected = nn.meta.unbox(abstract["params"])
+    return nn.meta.unbox(abstract["params"])
+
+
+def _check_shapes(params: dict, config: BertConfig) -> None:
+    """Compares every converted array with the shapes our model initialises."""
+    expected = abstract_params(config)
     flat_actual = traverse_util.flatten_dict(params)
     for path, shape_struct in traverse_util.flatten_dict(expected).items():
         actual = flat_actual.get(path)

@@ -61,11 +61,12 @@ def _parse_batch(records, metadata: dict):
     parsed = tf.io.parse_example(records, spec)
     batch = tf.shape(records)[0]
 
-    def dense(sparse):
+    def dense(sparse, padding=0):
         sparse = tf.sparse.reset_shape(sparse, tf.stack([tf.cast(batch, tf.int64), seq]))
-        return tf.cast(tf.sparse.to_dense(sparse), tf.int32)
+        return tf.cast(tf.sparse.to_dense(sparse, default_value=padding), tf.int32)
 
-    out = {"input_ids": dense(parsed["input_ids"]), "segment_ids": dense(parsed["segment_ids"]),
+    out = {"input_ids": dense(parsed["input_ids"], metadata["special_ids"]["[PAD]"]),
+           "segment_ids": dense(parsed["segment_ids"]),
            "next_sentence_labels": tf.cast(parsed["next_sentence_label"][:, 0], tf.int32)}
     lengths = tf.cast(parsed["input_ids"].indices[:, 0], tf.int32)
     out["input_mask"] = tf.cast(tf.range(seq)[None, :] < tf.math.bincount(
@@ -85,14 +86,14 @@ def _mask_fn(metadata: dict, mask_prob: float, seed: int, stream_id: int):
     config = _masking_config(metadata, mask_prob)
     slots = metadata["max_predictions_per_seq"]
 
-    def mask_numpy(batch_index, input_ids, word_starts):
+    def mask_numpy(batch_index, input_ids, input_mask, word_starts):
         rng = np.random.default_rng([seed, stream_id, int(batch_index)])
-        out = masking.mask_batch(input_ids, word_starts.astype(bool), rng, config)
+        out = masking.mask_batch(input_ids, input_mask, word_starts.astype(bool), rng, config)
         return (out["input_ids"], out["masked_lm_positions"], out["masked_lm_ids"], out["masked_lm_weights"])
 
     def apply(batch_index, batch):
         ids, positions, labels, weights = tf.numpy_function(
-            mask_numpy, [batch_index, batch["input_ids"], batch.pop("word_starts")],
+            mask_numpy, [batch_index, batch["input_ids"], batch["input_mask"], batch.pop("word_starts")],
             [tf.int32, tf.int32, tf.int32, tf.float32], stateful=False)
         rows = tf.shape(batch["input_ids"])[0]
         batch["input_ids"] = tf.ensure_shape(ids, batch["input_ids"].shape)
@@ -168,27 +169,27 @@ def eval_batches(data_dir: str, metadata: dict, batch_size: int, num_batches: in
     produced = 0
     for batch in _numpy_batches(ds.take(num_batches), files, data_dir):
         produced += 1
-        yield _pad_rows(batch, batch_size)
+        missing = batch_size - len(batch["input_ids"])
+        if missing:
+            padding = _padding_rows(metadata, missing)
+            batch = {k: np.concatenate([v, padding[k]]) for k, v in batch.items()}
+        yield batch
     template = None
     while produced < num_batches:
-        template = template or _empty_batch(metadata, batch_size)
+        template = template or _padding_rows(metadata, batch_size)
         produced += 1
         yield template
 
 
-def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    missing = rows - len(batch["input_ids"])
-    if not missing:
-        return batch
-    return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-
-
-def _empty_batch(metadata: dict, rows: int) -> dict[str, np.ndarray]:
+def _padding_rows(metadata: dict, rows: int) -> dict[str, np.ndarray]:
+    """`rows` rows of weight 0 that fill a host's last eval batches: [PAD] ids, zero masks."""
     seq, slots = metadata["max_seq_length"], metadata["max_predictions_per_seq"]
     shapes = {"input_ids": (rows, seq), "input_mask": (rows, seq), "segment_ids": (rows, seq),
               "masked_lm_positions": (rows, slots), "masked_lm_ids": (rows, slots),
               "masked_lm_weights": (rows, slots), "next_sentence_labels": (rows,), "example_weights": (rows,)}
-    return {k: np.zeros(s, np.float32 if k.endswith("weights") else np.int32) for k, s in shapes.items()}
+    batch = {k: np.zeros(s, np.float32 if k.endswith("weights") else np.int32) for k, s in shapes.items()}
+    batch["input_ids"][:] = metadata["special_ids"]["[PAD]"]
+    return batch
 
 
 def _numpy_batches(ds: tf.data.Dataset, files: list[str], data_dir: str) -> Iterator[dict]:

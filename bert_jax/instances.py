@@ -12,6 +12,7 @@ integers, and `assemble` builds all examples of a chunk with one numpy gather.
 
 from __future__ import annotations
 
+import collections
 import random
 
 import numpy as np
@@ -60,9 +61,12 @@ _NONE = (0, 0)
 
 
 def create_instances(documents: list[list[int]], doc_index: int, max_seq_length: int, short_seq_prob: float,
-                     pair_task: str, rng: random.Random) -> list[tuple[int, int, int, int, int]]:
+                     pair_task: str, rng: random.Random, counts: collections.Counter | None = None
+                     ) -> list[tuple[int, int, int, int, int]]:
     """Instances of `documents[doc_index]` as (a_start, a_end, b_start, b_end, label) ranges of
-    the flat token array; label 0 = B follows A, 1 = random (NSP) / swapped (SOP)."""
+    the flat token array; label 0 = B follows A, 1 = random (NSP) / swapped (SOP).
+    `counts["forced_random_next"]` counts NSP pairs that had to be random: their A is a single
+    sentence (a one-sentence document, or one that fills the whole target length by itself)."""
     bounds = documents[doc_index]
     sentences = len(bounds) - 1
     max_tokens = max_seq_length - (3 if pair_task != "none" else 2)
@@ -71,6 +75,7 @@ def create_instances(documents: list[list[int]], doc_index: int, max_seq_length:
     first, i = 0, 0
     while i < sentences:
         if i == sentences - 1 or bounds[i + 1] - bounds[first] >= target:
+            single_sentence = i == first
             if pair_task == "none":
                 a, b, label = (bounds[first], bounds[i + 1]), _NONE, 0
             else:
@@ -79,6 +84,8 @@ def create_instances(documents: list[list[int]], doc_index: int, max_seq_length:
             a, b = truncate_pair(a, b, max_tokens, rng)
             if a[1] > a[0] and (b[1] > b[0] or pair_task == "none"):
                 instances.append((a[0], a[1], b[0], b[1], label))
+                if counts is not None and pair_task == "nsp" and single_sentence:
+                    counts["forced_random_next"] += 1
             first = i + 1
         i += 1
     return instances
@@ -110,6 +117,45 @@ def _make_pair(documents, doc_index, first, stop, target, pair_task, rng):
             end += 1
         return a, (random_bounds[start], random_bounds[end]), 1, stop - a_end
     return a, (bounds[a_end], bounds[stop]), 0, 0
+
+
+PAIR_LABEL_NAMES = {"nsp": ("is_next", "random_next"), "sop": ("in_order", "swapped")}
+# Shares of label 1 (random next / swapped) that pass without a warning. BERT's NSP recipe itself
+# makes 55-62% random-next pairs on real corpora (Korean Wikipedia 55%, NSMC reviews 62%: a single
+# sentence as segment A can only be paired at random); a blank line after every line makes 96%.
+BALANCED_PAIR_LABELS = (1 / 3, 2 / 3)
+
+
+def pair_label_counts(counts: collections.Counter, pair_task: str) -> dict:
+    """Examples per pair label (from `counts["pair_label_0"]`, `["pair_label_1"]`), the share of
+    label 1 (0.5 when the task is learnable) and, for NSP, the forced random-next pairs."""
+    if pair_task not in PAIR_LABEL_NAMES:
+        return {}
+    zero, one = PAIR_LABEL_NAMES[pair_task]
+    total = counts["pair_label_0"] + counts["pair_label_1"]
+    labels = {zero: counts["pair_label_0"], one: counts["pair_label_1"],
+              f"{one}_share": round(counts["pair_label_1"] / max(1, total), 4)}
+    return labels | ({"forced_random_next": counts["forced_random_next"]} if pair_task == "nsp" else {})
+
+
+def pair_label_warning(summary: dict, pair_task: str) -> str | None:
+    """One line when the share of label 1 in `summary["pair_labels"]` is outside
+    BALANCED_PAIR_LABELS (NSP: mostly single-sentence segments A), naming the cause and the fix."""
+    labels = summary["pair_labels"]
+    if not labels:
+        return None
+    one = PAIR_LABEL_NAMES[pair_task][1]
+    share = labels[f"{one}_share"]
+    if BALANCED_PAIR_LABELS[0] <= share <= BALANCED_PAIR_LABELS[1]:
+        return None
+    single, documents = summary["one_sentence_documents"], summary["documents"]
+    message = (f"{share:.0%} of the {pair_task.upper()} labels are {one} (50% expected); {single} of "
+               f"{documents} documents have one sentence")
+    if pair_task != "nsp":
+        return message
+    fix = "put a blank line between documents, not after every sentence, or " if 2 * single > documents else ""
+    return (f"{message}; {labels['forced_random_next']} pairs had to be random because segment A was a single "
+            f"sentence (short documents or long sentences): {fix}use --pair-task sop / none")
 
 
 def assemble(flat: np.ndarray, instances: np.ndarray, cls_id: int, sep_id: int) -> dict[str, tuple]:

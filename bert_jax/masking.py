@@ -38,9 +38,10 @@ def _ordinary_ids(vocab_size: int, special_ids: tuple[int, ...]) -> np.ndarray:
     return np.setdiff1d(np.arange(vocab_size, dtype=np.int32), np.asarray(special_ids, np.int32))
 
 
-def mask_batch(input_ids: np.ndarray, word_starts: np.ndarray, rng: np.random.Generator,
-               config: MaskingConfig) -> dict[str, np.ndarray]:
-    """Masks whole words in `input_ids` [B, S] (0 = [PAD] after the real tokens).
+def mask_batch(input_ids: np.ndarray, input_mask: np.ndarray, word_starts: np.ndarray,
+               rng: np.random.Generator, config: MaskingConfig) -> dict[str, np.ndarray]:
+    """Masks whole words in `input_ids` [B, S] int; `input_mask` [B, S] (1 = real token, 0 = padding)
+    decides what is real, never an assumed padding id, and padding keeps its ids.
 
     Per sequence, `min(max_predictions, max(1, round(n * mask_prob)))` tokens are predicted, where
     n counts real non-special tokens; words are drawn in random order and taken whole while they
@@ -52,7 +53,7 @@ def mask_batch(input_ids: np.ndarray, word_starts: np.ndarray, rng: np.random.Ge
     ids = np.asarray(input_ids, dtype=np.int32)
     batch, length = ids.shape
     rows = np.arange(batch)[:, None]
-    candidate = ~np.isin(ids, config.special_ids)
+    candidate = np.asarray(input_mask, bool) & ~np.isin(ids, config.special_ids)
     previous_candidate = np.concatenate([np.zeros((batch, 1), bool), candidate[:, :-1]], axis=1)
     starts = candidate & (np.asarray(word_starts, bool) | ~previous_candidate)
     word_of = np.cumsum(starts, axis=1) - 1  # word index of each position (valid on candidates)

@@ -31,24 +31,57 @@ def normalize(sums: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 class MetricsLogger:
-    """Writes metrics of process 0 to the console, TensorBoard and `metrics.jsonl`."""
+    """Writes metrics of process 0 to the console, TensorBoard and `metrics.jsonl`.
 
-    def __init__(self, workdir: str, enabled: bool = True, print_fn=print):
+    A run that starts at `start_step` (0, or the step of the restored checkpoint) supersedes
+    what an earlier run logged after that step: metrics.jsonl keeps only rows up to `start_step`
+    and TensorBoard's event files are rewritten from those rows, so a resumed run shows each
+    step once in both (and curves.png draws one line per metric).
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, print_fn=print, start_step: int = 0):
         self.enabled = enabled
         self.print_fn = print_fn
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if enabled else None
+        self.writer = None
+        if enabled:
+            kept = [row for row in read_metrics(workdir) if row["step"] <= start_step]
+            self.writer = _fresh_event_writer(os.path.join(workdir, "tensorboard"))
+            _rewrite_rows(self.path, kept)
+            for row in kept:
+                self._write_events(row["step"], {k: v for k, v in row.items() if k != "step"})
+
+    def _write_events(self, step: int, metrics: dict[str, float]) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in metrics.items():
+                tf.summary.scalar(name, value)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with self.writer.as_default(step=step):
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value)
+        self._write_events(step, metrics)
         self.writer.flush()
         with tf.io.gfile.GFile(self.path, "a") as f:
             f.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
         self.print_fn(format_line(step, metrics))
+
+
+def _fresh_event_writer(directory: str):
+    """A TensorBoard writer for `directory` after removing its earlier event files (they are
+    rewritten from metrics.jsonl; TensorFlow 2 writers have no purge_step)."""
+    if tf.io.gfile.isdir(directory):
+        for name in tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*")):
+            tf.io.gfile.remove(name)
+    return tf.summary.create_file_writer(directory)
+
+
+def _rewrite_rows(path: str, rows: list[dict]) -> None:
+    """Replaces `path` with `rows` as JSON lines (written to a temporary name, then renamed)."""
+    if not rows and not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def format_line(step: int, metrics: dict[str, float]) -> str:
@@ -70,12 +103,21 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All lines of `metrics.jsonl` (empty when there is none)."""
+    """All lines of `metrics.jsonl` (empty when there is none). A last line cut short by a killed
+    process is left out; a damaged line before it is an error naming the file and line."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines) or line.endswith("\n"):
+                raise ValueError(f"{path}, line {number}: not a JSON object") from None
+    return rows
 
 
 def plot_curves(workdir: str, curves=CURVES) -> str:

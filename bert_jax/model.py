@@ -8,12 +8,13 @@ to ('batch', 'length', 'embed').
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bert_jax import backend
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -33,11 +34,12 @@ class BertConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    dtype: str = "float32"  # compute dtype: 'bfloat16' on TPU/GPU
+    dtype: str = "float32"  # compute dtype; 'auto' = bfloat16 on TPU/GPU, float32 on CPU
     param_dtype: str = "float32"
     scan_layers: bool = False  # nn.scan over the layers: one compiled layer body
     remat: bool = False  # recompute layer activations in the backward pass
-    attention_impl: str = "auto"  # jax.nn.dot_product_attention implementation: auto, xla, cudnn
+    attention_impl: str = "auto"  # auto, xla or cudnn (see backend.attention_implementation)
+    embedding_lookup: str = "gather"  # word embeddings: 'gather' rows, or 'one_hot' matmul (TPU)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -51,13 +53,14 @@ class BertConfig:
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(f"BertConfig.{name} must be one of {sorted(_DTYPES)}, "
-                                 f"got {getattr(self, name)!r}")
-        if self.attention_impl not in ("auto", "xla", "cudnn"):
-            raise ValueError(f"BertConfig.attention_impl must be 'auto', 'xla' or 'cudnn', "
-                             f"got {self.attention_impl!r}")
+        for name, allowed in (("dtype", ["auto", *_DTYPES]), ("param_dtype", list(_DTYPES)),
+                              ("attention_impl", ["auto", "xla", "cudnn"]),
+                              ("embedding_lookup", ["gather", "one_hot"])):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"BertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.attention_impl == "cudnn" and self.attention_dropout > 0:
+            raise ValueError("BertConfig.attention_impl='cudnn' needs attention_dropout=0: cuDNN's fused "
+                             f"attention has no per-step dropout (got {self.attention_dropout})")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BertConfig:
@@ -76,7 +79,8 @@ class BertConfig:
 
     @property
     def compute_dtype(self):
-        return _DTYPES[self.dtype]
+        """The compute dtype; 'auto' resolves for the backend being traced for (`bert_jax.backend`)."""
+        return _DTYPES[backend.compute_dtype_name(self.dtype, backend.current())]
 
     @property
     def params_dtype(self):
@@ -114,9 +118,35 @@ class Dense(nn.Module):
         kernel_shape = x.shape[x.ndim - self.in_dims:] + self.features
         kernel = self.param("kernel", _init(c, self.axes), kernel_shape, c.params_dtype)
         bias = self.param("bias", _zeros(self.axes[self.in_dims:]), self.features, c.params_dtype)
-        x, kernel, bias = x.astype(c.compute_dtype), kernel.astype(c.compute_dtype), bias.astype(c.compute_dtype)
+        x, kernel = x.astype(c.compute_dtype), kernel.astype(c.compute_dtype)
         contracting = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
-        return jax.lax.dot_general(x, kernel, (contracting, ((), ()))) + bias
+        return add_parameter(jax.lax.dot_general(x, kernel, (contracting, ((), ()))), bias)
+
+
+def add_parameter(x, param):
+    """x + param (cast to x's dtype), broadcast over the leading axes of x; the gradient of
+    `param` is summed over those axes in param's dtype (float32) even when x is bfloat16, where
+    autodiff of the cast would sum batch x length bfloat16 values in bfloat16."""
+    if x.dtype == param.dtype:
+        return x + param
+    return _add_low_precision(x, param)
+
+
+@jax.custom_vjp
+def _add_low_precision(x, param):
+    return x + param.astype(x.dtype)
+
+
+def _add_low_precision_forward(x, param):
+    return _add_low_precision(x, param), param
+
+
+def _add_low_precision_backward(param, g):
+    leading = tuple(range(g.ndim - param.ndim))
+    return g, jnp.sum(g, axis=leading, dtype=param.dtype)
+
+
+_add_low_precision.defvjp(_add_low_precision_forward, _add_low_precision_backward)
 
 
 @jax.custom_vjp
@@ -139,6 +169,12 @@ def _add_bias_backward(bias, g):
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 
+def bias_add(x, bias):
+    """x + bias: through `add_bias`'s hand-written gradient where `backend.hand_written_gradients`
+    says it pays (CPU), plain autodiff elsewhere."""
+    return add_bias(x, bias) if backend.hand_written_gradients(backend.current()) else x + bias
+
+
 def _dense(config: BertConfig, features, axes, name, in_dims=1) -> Dense:
     features = features if isinstance(features, tuple) else (features,)
     return Dense(config, features, axes, in_dims, name=name)
@@ -148,23 +184,83 @@ def _constrain(x):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-def attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None, implementation=None):
-    """Multi-head attention over [batch, length, heads, head_dim] inputs with a boolean key mask.
+def attention(query, key, value, mask, *, dropout_rate=0.0, dropout_rng=None, implementation="xla"):
+    """Multi-head attention over [batch, length, heads, head_dim] inputs (that layout all the way,
+    no transposes around the kernel) with a boolean key mask [batch, 1, 1, kv_length] (True = attend).
 
-    Without dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when
-    `implementation='cudnn'`). That function has no dropout on the attention probabilities, which
-    the original BERT uses while training, so with dropout the scores are computed explicitly.
-    `mask` is [batch, 1, 1, kv_length] (True = attend).
+    implementation (see `backend.attention_implementation`):
+    - 'xla': `jax.nn.dot_product_attention` with the mask; one fused softmax attention.
+    - 'cudnn': the same function's cuDNN flash attention; the mask is passed as
+      key_value_seq_lengths (real tokens per row), since cuDNN takes padding as lengths and a mask
+      only as a full [.., q_length, kv_length] bias. This assumes padding at the end of each row,
+      as our data and right-padding tokenizers produce.
+    - 'explicit': scores, float32 softmax and dropout on the probabilities written out; the only
+      path with attention-probability dropout (BERT's default), which no fused kernel offers.
     """
-    if dropout_rng is None or dropout_rate == 0.0:
-        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
-    scale = query.shape[-1] ** -0.5
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) * scale
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    if implementation == "explicit":
+        scale = query.shape[-1] ** -0.5
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) * scale
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    return jax.nn.dot_product_attention(query, key, value, implementation=implementation,
+                                        **fused_attention_masking(mask, implementation))
+
+
+def fused_attention_masking(mask, implementation: str) -> dict:
+    """The masking keyword arguments of `jax.nn.dot_product_attention` for a key mask
+    [batch, 1, 1, kv_length]: int32 key_value_seq_lengths [batch] for 'cudnn', the mask for 'xla'."""
+    if implementation == "cudnn":
+        return {"key_value_seq_lengths": jnp.sum(mask[:, 0, 0, :], axis=-1, dtype=jnp.int32)}
+    return {"mask": mask}
+
+
+class EmbeddingTable(nn.Module):
+    """A [num_embeddings, features] table stored in the parameter dtype (param 'embedding', as
+    nn.Embed names it). Every lookup reads rows from that float32 table and casts only the
+    result to the compute dtype, so no backward pass scatters into a low-precision copy of the
+    table (nn.Embed casts the whole table first: a bfloat16 scatter-add of the gradient)."""
+
+    config: BertConfig
+    num_embeddings: int
+    axes: tuple[str, str]
+
+    def setup(self):
+        c = self.config
+        self.embedding = self.param("embedding", _init(c, self.axes), (self.num_embeddings, c.hidden_size),
+                                    c.params_dtype)
+
+    def __call__(self, ids):
+        """Rows `ids` [...] -> [..., features] in the compute dtype; `config.embedding_lookup`
+        picks a gather (float32 scatter-add gradient) or a one-hot matmul (dense gradient)."""
+        c = self.config
+        if c.embedding_lookup == "one_hot":
+            one_hot = jax.nn.one_hot(ids, self.num_embeddings, dtype=c.compute_dtype)
+            return jnp.dot(one_hot, self.embedding.astype(c.compute_dtype),
+                           preferred_element_type=jnp.float32).astype(c.compute_dtype)
+        return jnp.take(self.embedding, ids, axis=0).astype(c.compute_dtype)
+
+    def add_leading_rows(self, x):
+        """x [batch, length, features] + the first `length` rows (positions 0..length-1): a
+        slice, whose gradient is a float32 sum over the batch and a pad, not a scatter of
+        batch x length rows into the table."""
+        return add_parameter(x, self.embedding[:x.shape[1]])
+
+    def select(self, ids):
+        """Rows for a small table (segment ids): a select between the two rows when there are
+        two, a float32 one-hot matmul otherwise; the gradient is a reduction, not a scatter."""
+        if self.num_embeddings == 2:
+            rows = jnp.where(ids[..., None] == 1, self.embedding[1], self.embedding[0])
+        else:
+            rows = jax.nn.one_hot(ids, self.num_embeddings, dtype=self.embedding.dtype) @ self.embedding
+        return rows.astype(self.config.compute_dtype)
+
+    def attend(self, hidden):
+        """hidden [..., features] . table^T -> [..., num_embeddings] (the tied MLM decoder)."""
+        c = self.config
+        return jnp.dot(hidden.astype(c.compute_dtype), self.embedding.astype(c.compute_dtype).T)
 
 
 class Embeddings(nn.Module):
@@ -174,20 +270,15 @@ class Embeddings(nn.Module):
 
     def setup(self):
         c = self.config
-        embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=c.compute_dtype,
-                                  param_dtype=c.params_dtype)
-        self.word_embeddings = embed(c.vocab_size, embedding_init=_init(c, ("vocab", "embed")))
-        self.position_embeddings = embed(c.max_position_embeddings,
-                                         embedding_init=_init(c, ("position", "embed")))
-        self.token_type_embeddings = embed(c.type_vocab_size,
-                                           embedding_init=_init(c, ("segment", "embed")))
+        self.word_embeddings = EmbeddingTable(c, c.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = EmbeddingTable(c, c.max_position_embeddings, ("position", "embed"))
+        self.token_type_embeddings = EmbeddingTable(c, c.type_vocab_size, ("segment", "embed"))
         self.layer_norm = _layer_norm(c, "LayerNorm")
         self.dropout = nn.Dropout(c.hidden_dropout)
 
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
-        positions = jnp.arange(input_ids.shape[1])[None, :]
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))
+        x = self.position_embeddings.add_leading_rows(self.word_embeddings(input_ids))
+        x = x + self.token_type_embeddings.select(token_type_ids)
         return _constrain(self.dropout(self.layer_norm(x), deterministic=deterministic))
 
     def attend(self, hidden):
@@ -209,9 +300,11 @@ class EncoderLayer(nn.Module):
         q, k, v = (_dense(c, qkv_shape, ("embed", "heads", "kv"), name)(x)
                    for name in ("query", "key", "value"))
         use_dropout = not deterministic and c.attention_dropout > 0.0
+        implementation = backend.attention_implementation(
+            c.attention_impl, backend.current(), jnp.dtype(c.compute_dtype).name, head_dim, use_dropout)
         context = attention(q, k, v, mask, dropout_rate=c.attention_dropout,
                             dropout_rng=self.make_rng("dropout") if use_dropout else None,
-                            implementation=None if c.attention_impl == "auto" else c.attention_impl)
+                            implementation=implementation)
         attn_out = _dense(c, c.hidden_size, ("heads", "kv", "embed"), "attention_output", in_dims=2)(context)
         attn_out = nn.Dropout(c.hidden_dropout)(attn_out, deterministic=deterministic)
         x = _constrain(_layer_norm(c, "attention_norm")(x + attn_out))
@@ -267,8 +360,13 @@ class BertModel(nn.Module):
 
 
 def gather_positions(sequence, positions):
-    """Picks rows `positions` [B, P] out of `sequence` [B, S, H] -> [B, P, H]."""
-    return jnp.take_along_axis(sequence, positions[..., None].astype(jnp.int32), axis=1)
+    """Picks rows `positions` [B, P] out of `sequence` [B, S, H] -> [B, P, H], in its dtype.
+
+    A one-hot matmul (exact: one non-zero term per output; accumulated in float32) rather than a
+    gather, whose gradient would scatter-add into a bfloat16 [B, S, H] buffer; it costs 2BPSH
+    FLOPs, under 0.1% of a BERT step."""
+    one_hot = jax.nn.one_hot(positions, sequence.shape[1], dtype=sequence.dtype)
+    return jnp.einsum("bps,bsh->bph", one_hot, sequence, preferred_element_type=jnp.float32).astype(sequence.dtype)
 
 
 class BertForPreTraining(nn.Module):
@@ -295,6 +393,6 @@ class BertForPreTraining(nn.Module):
         if masked_lm_positions is not None:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
         h = self.mlm_norm(nn.gelu(self.mlm_transform(sequence_output), approximate=False))
-        mlm_logits = add_bias(self.bert.embeddings.attend(h).astype(jnp.float32), self.mlm_bias)
+        mlm_logits = bias_add(self.bert.embeddings.attend(h).astype(jnp.float32), self.mlm_bias)
         nsp_logits = self.nsp(pooled_output).astype(jnp.float32)
         return mlm_logits, nsp_logits

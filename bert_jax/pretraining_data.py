@@ -24,10 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
-from bert_jax import corpus, instances, masking
+from bert_jax import corpus, fs, instances, masking
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.records import frame_records, serialize_columns
-from bert_jax.staging import staged_directory
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -118,6 +117,7 @@ def _tokenize_documents(documents: list[list[str]], tok: tokenizer_lib.Tokenizer
                 bounds.extend(start + cut for cut in instances.split_points(tok.is_word_start[flat[start:end]], limit))
             bounds.append(end)
         k += len(document)
+        stats["one_sentence_documents"] += len(bounds) == 2
         if bounds:
             result.append(bounds)
     return flat, result
@@ -135,9 +135,11 @@ def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[
         stats["documents_in_chunks_without_partner"] += 1
     made = [inst for _ in range(settings.dupe_factor) for d in range(len(docs))
             for inst in instances.create_instances(docs, d, settings.max_seq_length, settings.short_seq_prob,
-                                                   settings.pair_task, rng)]
+                                                   settings.pair_task, rng, stats)]
     rng.shuffle(made)
     stats["examples"] = len(made)
+    stats["pair_label_1"] = sum(inst[4] for inst in made)
+    stats["pair_label_0"] = len(made) - stats["pair_label_1"]
     if not made:
         return [], stats
     columns = instances.assemble(flat, np.array(made, np.int64), tok.cls_id, tok.sep_id)
@@ -159,11 +161,13 @@ def _mask_statically(ids: np.ndarray, counts: np.ndarray, tok, settings: DataSet
                                    tok.vocab_size, tok.mask_id, tok.special_ids)
     rows = np.repeat(np.arange(len(counts)), counts)
     cols = np.arange(len(ids)) - np.repeat(np.cumsum(counts) - counts, counts)
-    dense = np.zeros((len(counts), settings.max_seq_length), np.int32)
+    dense = np.full((len(counts), settings.max_seq_length), tok.pad_id, np.int32)
     dense[rows, cols] = ids
+    real = np.zeros(dense.shape, bool)
+    real[rows, cols] = True
     starts = np.zeros(dense.shape, bool)
     starts[rows, cols] = tok.is_word_start[ids]
-    masked = masking.mask_batch(dense, starts, np.random.default_rng(rng.getrandbits(64)), config)
+    masked = masking.mask_batch(dense, real, starts, np.random.default_rng(rng.getrandbits(64)), config)
     slots = np.full(len(counts), settings.max_predictions_per_seq, np.int64)
     return {"input_ids": (masked["input_ids"][rows, cols], counts)} | {
         key: (masked[key].reshape(-1), slots) for key in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")}
@@ -221,7 +225,7 @@ def _ordered_map(jobs, workers: int, tok: tokenizer_lib.Tokenizer):
 
 
 def _input_bytes(files: list[str]) -> int:
-    return sum(os.path.getsize(f) for f in files if not f.startswith("tfds:"))
+    return sum(fs.size(f) for f in files if not f.startswith("tfds:"))
 
 
 class _ShardWriters:
@@ -264,17 +268,21 @@ class _ShardWriters:
 
 def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: DataSettings,
                  workers: int = 1, progress: bool = True) -> dict:
-    """Writes TFRecord shards and metadata.json into `output`; returns the metadata."""
+    """Writes TFRecord shards and metadata.json into `output` (a local directory or a URL; a
+    remote one is uploaded with metadata.json last); returns the metadata."""
+    tokenizer_dir, output = fs.absolute(tokenizer_dir), fs.absolute(output)
     settings.validate()
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if fs.exists(os.path.join(output, METADATA_FILE)):
+        raise FileExistsError(f"--output {output} already holds prepared data; choose another directory")
     tok = tokenizer_lib.load(tokenizer_dir)
     files = corpus.expand_inputs(inputs)
     total_bytes = _input_bytes(files)
     auto_shards = max(1, min(1024, total_bytes // (32 << 20))) if total_bytes else 16
     train_shards = settings.num_shards or auto_shards
     num_shards = {"train": train_shards, "eval": max(1, round(train_shards * settings.eval_fraction))}
-    with staged_directory(output, METADATA_FILE, "prepared data") as staging:
+    with fs.staged_output(output, METADATA_FILE, "prepared data") as staging:
         stats, split_documents, shard_files, seconds = _write_shards(
             files, tok, staging, settings, workers, num_shards, total_bytes, progress)
         if stats["documents"] == 0:
@@ -285,6 +293,8 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
                              f"{settings.eval_fraction}?)")
         tokenizer_lib.copy_files(tokenizer_dir, os.path.join(staging, "tokenizer"))
         metadata = _metadata(tok, settings, files, stats, split_documents, shard_files, seconds, workers)
+        if warning := instances.pair_label_warning(metadata["summary"], settings.pair_task):
+            print(f"prepare-data: warning: {warning}", file=sys.stderr, flush=True)
         with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, ensure_ascii=False, indent=2)
     return metadata
@@ -333,9 +343,12 @@ def _metadata(tok, settings, files, stats, split_documents, shard_files, seconds
             "examples": splits["train"]["examples"] + splits["eval"]["examples"],
             "tokens": stats["tokens"], "unk_share": stats["unk_tokens"] / max(1, stats["tokens"]),
             "seconds": round(seconds, 2), "workers": workers,
+            "one_sentence_documents": stats["one_sentence_documents"],
+            "pair_labels": instances.pair_label_counts(stats, settings.pair_task),
             "repairs_and_skips": {k: v for k, v in stats.items() if k not in (
                 "documents", "sentences", "tokens", "unk_tokens", "bytes_read", "train_examples",
-                "eval_examples", "train_example_tokens", "eval_example_tokens")},
+                "eval_examples", "train_example_tokens", "eval_example_tokens", "one_sentence_documents",
+                "pair_label_0", "pair_label_1", "forced_random_next")},
         },
         "arguments": dataclasses.asdict(settings) | {"inputs": files},
     }
@@ -345,7 +358,7 @@ def load_metadata(data_dir: str) -> dict:
     """Reads `metadata.json` of a prepared data directory (clear error when it is not one)."""
     import tensorflow as tf
 
-    path = os.path.join(data_dir, METADATA_FILE)
+    path = os.path.join(fs.absolute(data_dir), METADATA_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--data {data_dir}: no {METADATA_FILE}; not a finished "
                                 f"`bert-jax prepare-data` output")

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-import tensorflow as tf
-
+from bert_jax import fs
 from bert_jax import tokenizer as tokenizer_lib
 
 # Fields whose change makes the checkpoint unloadable (parameter or optimizer-state layout).
@@ -33,7 +32,10 @@ SCHEDULE = ("train.num_steps", "optim.learning_rate", "optim.warmup_steps", "opt
             "optim.grad_clip_norm")
 
 
-def _first_record(path: str) -> tf.train.Example | None:
+def _first_record(path: str):
+    """The first tf.train.Example of a TFRecord file, or None when it is empty."""
+    import tensorflow as tf
+
     try:
         for record in tf.data.TFRecordDataset(path).take(1):
             return tf.train.Example.FromString(record.numpy())
@@ -42,7 +44,7 @@ def _first_record(path: str) -> tf.train.Example | None:
     return None
 
 
-def _check_record(path: str, example: tf.train.Example, metadata: dict) -> None:
+def _check_record(path: str, example, metadata: dict) -> None:
     features = example.features.feature
     ids = list(features["input_ids"].int64_list.value)
     seq, vocab = metadata["max_seq_length"], metadata["vocab_size"]
@@ -85,7 +87,7 @@ def check_prepared_data(data_dir: str, metadata: dict) -> None:
     for split in ("train", "eval"):
         for entry in metadata["splits"][split]["files"]:
             path = os.path.join(data_dir, entry["name"])
-            example = _first_record(path) if entry["examples"] and tf.io.gfile.exists(path) else None
+            example = _first_record(path) if entry["examples"] and fs.exists(path) else None
             if example is not None:
                 _check_record(path, example, metadata)
 
@@ -93,7 +95,7 @@ def check_prepared_data(data_dir: str, metadata: dict) -> None:
 def check_tokenizer_matches(workdir: str, data_dir: str, metadata: dict) -> None:
     """A workdir that has a tokenizer (a resumed, finished or imported model) meets data made with
     the same tokenizer: raises ValueError naming both otherwise."""
-    if not tf.io.gfile.exists(os.path.join(workdir, "tokenizer", "tokenizer.json")):
+    if not fs.exists(os.path.join(workdir, "tokenizer", "tokenizer.json")):
         return
     fingerprint = tokenizer_lib.load(os.path.join(workdir, "tokenizer")).fingerprint
     if fingerprint != metadata["tokenizer"]["fingerprint"]:
@@ -105,9 +107,9 @@ def check_tokenizer_matches(workdir: str, data_dir: str, metadata: dict) -> None
 def check_workdir_tokenizer(workdir: str) -> None:
     """A pretraining workdir's tokenizer/ is the one its data (data_metadata.json) was made with."""
     path = os.path.join(workdir, "data_metadata.json")
-    if not tf.io.gfile.exists(path):
+    if not fs.exists(path):
         return
-    with tf.io.gfile.GFile(path) as f:
+    with fs.open_text(path) as f:
         expected = json.load(f)["tokenizer"]["fingerprint"]
     found = tokenizer_lib.load(os.path.join(workdir, "tokenizer")).fingerprint
     if found != expected:
@@ -134,9 +136,9 @@ def architecture(model: dict) -> str:
 def read_saved_config(workdir: str) -> dict | None:
     """The resolved config.json a pretraining run wrote into `workdir`, or None."""
     path = os.path.join(workdir, "config.json")
-    if not tf.io.gfile.exists(path):
+    if not fs.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
+    with fs.open_text(path) as f:
         return json.load(f)
 
 

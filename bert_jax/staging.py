@@ -132,6 +132,7 @@ def staged_directory(output: str, marker: str, what: str):
         prefix = f".{name}.staging-"
         remove_stale_staging(parent, prefix)
         staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", dir=parent)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual mode
         try:
             yield staging
             if os.path.isdir(output):
@@ -140,3 +141,10 @@ def staged_directory(output: str, marker: str, what: str):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it; it is set back at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import random
-import shutil
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from bert_jax.staging import staged_directory
+from bert_jax import fs
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
@@ -188,19 +186,23 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
     """Trains a tokenizer on raw text (plain text, JSON lines or tfds:) and writes `output`.
 
     A reservoir sample of `input_sentence_size` sentences bounds memory on huge corpora.
-    The directory is written under a temporary name and renamed when complete.
+    The directory is written under a temporary name and renamed when complete (uploaded with
+    its settings file last when `output` is a URL).
     """
     from bert_jax.corpus import CorpusStats, expand_inputs
 
+    output = fs.absolute(output)
     if model_type not in MODEL_TYPES:
         raise ValueError(f"--model-type must be one of {MODEL_TYPES}, got {model_type!r}")
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"--vocab-size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    if fs.exists(os.path.join(output, SETTINGS_FILE)):
+        raise FileExistsError(f"--output {output} already holds a tokenizer; choose another directory")
     files = expand_inputs(inputs)
     settings = TokenizerSettings(model_type, vocab_size, character_coverage, input_sentence_size,
                                  lowercase, seed, files)
     stats = CorpusStats()
-    with staged_directory(output, SETTINGS_FILE, "a tokenizer") as staging:
+    with fs.staged_output(output, SETTINGS_FILE, "a tokenizer") as staging:
         sentences = _sample_sentences(files, input_sentence_size, seed, stats)
         if not sentences:
             raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
@@ -224,18 +226,19 @@ class Tokenizer:
     def __init__(self, directory: str):
         from tokenizers import Tokenizer as HfTokenizer
 
+        directory = fs.absolute(directory)
         self.directory = directory
         path = os.path.join(directory, "tokenizer.json")
         settings_path = os.path.join(directory, SETTINGS_FILE)
-        if not os.path.exists(path):
+        if not fs.exists(path):
             raise FileNotFoundError(f"{directory} is not a tokenizer directory: it lacks tokenizer.json "
                                     f"(make one with `bert-jax train-tokenizer`)")
-        self._hf = HfTokenizer.from_file(path)
-        if os.path.exists(settings_path):
-            with open(settings_path, encoding="utf-8") as f:
-                self.settings = json.load(f)
+        tokenizer_json = fs.read_bytes(path)  # from bytes: the directory may be remote
+        self._hf = HfTokenizer.from_str(tokenizer_json.decode("utf-8"))
+        if fs.exists(settings_path):
+            self.settings = json.loads(fs.read_text(settings_path))
         else:  # a Hugging Face tokenizer.json from elsewhere (e.g. an imported BERT)
-            self.settings = {"model_type": _infer_model_type(path), "source": "tokenizer.json"}
+            self.settings = {"model_type": _infer_model_type(tokenizer_json), "source": "tokenizer.json"}
         self.model_type: str = self.settings["model_type"]
         ids = {name: self._hf.token_to_id(name) for name in SPECIAL_TOKENS}
         if None in ids.values():
@@ -245,13 +248,12 @@ class Tokenizer:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = ids.values()
         self.special_ids = tuple(sorted(ids.values()))
         self._spm = None
-        if os.path.exists(os.path.join(directory, "spm.model")):
+        if fs.exists(os.path.join(directory, "spm.model")):
             import sentencepiece as spm
 
-            self._spm = spm.SentencePieceProcessor(model_file=os.path.join(directory, "spm.model"))
+            self._spm = spm.SentencePieceProcessor(model_proto=fs.read_bytes(os.path.join(directory, "spm.model")))
         self.vocab_size: int = self._hf.get_vocab_size()
-        with open(path, "rb") as f:
-            self.fingerprint = hashlib.sha256(f.read()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(tokenizer_json).hexdigest()[:16]
         self.vocab: list[str] = [self._hf.id_to_token(i) for i in range(self.vocab_size)]
         self.is_word_start = np.array([self._starts_word(t) for t in self.vocab], dtype=bool)
 
@@ -292,34 +294,40 @@ class Tokenizer:
         return self.vocab[token_id]
 
 
-NOT_TOKENIZER_FILES = ("config.json", "README.md")  # a Hugging Face model directory's own files
+# The files a tokenizer consists of: ours, and those of Hugging Face fast and slow BERT tokenizers.
+# Everything else in a model directory (weights in any format, the model's config and card) stays.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "spm.model", "spm.vocab", SETTINGS_FILE)
 
 
 def copy_files(source: str, destination: str) -> None:
-    """Copies the tokenizer files of `source` (a tokenizer directory, or a Hugging Face model
-    directory that holds one) into `destination`. Model weights, the model's config.json and card,
-    and subdirectories stay behind. gs:// paths go through tf.io.gfile; local ones do not import
-    TensorFlow (prepare-data's workers are forked only from a process without it)."""
-    if "://" in source or "://" in destination:
-        import tensorflow as tf
-
-        tf.io.gfile.makedirs(destination)
-        names, isdir = tf.io.gfile.listdir(source), tf.io.gfile.isdir
-        copy = functools.partial(tf.io.gfile.copy, overwrite=True)
-    else:
-        os.makedirs(destination, exist_ok=True)
-        names, isdir, copy = os.listdir(source), os.path.isdir, shutil.copyfile
-    for name in names:
-        path = os.path.join(source, name)
-        if name in NOT_TOKENIZER_FILES or name.endswith((".safetensors", ".bin")) or isdir(path):
-            continue
-        copy(path, os.path.join(destination, name))
+    """Copies the tokenizer files (`TOKENIZER_FILES`) of `source` (a tokenizer directory, or a
+    Hugging Face model directory that holds one) into `destination`. A file that is a symbolic
+    link out of `source` is refused (ValueError), except a Hugging Face cache snapshot's links into
+    its own repository's blobs. Either side may be a URL (`bert_jax.fs`)."""
+    present = [name for name in TOKENIZER_FILES if fs.exists(os.path.join(source, name))]
+    for name in present:  # every file is checked before anything is written
+        if not fs.is_url(source):
+            _check_inside(os.path.join(source, name), source)
+    fs.makedirs(destination)
+    for name in present:
+        fs.copy(os.path.join(source, name), os.path.join(destination, name))
 
 
-def _infer_model_type(path: str) -> str:
+def _check_inside(path: str, source: str) -> None:
+    """Refuses a symbolic link whose target leaves `source` (or, for a Hugging Face cache snapshot
+    `.../models--org--name/snapshots/REVISION`, leaves `.../models--org--name`)."""
+    root = os.path.realpath(source)
+    if os.path.basename(os.path.dirname(root)) == "snapshots":
+        root = os.path.dirname(os.path.dirname(root))
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{path} is a symbolic link to {os.path.realpath(path)}, outside {source}; "
+                         f"copy the file itself into the directory")
+
+
+def _infer_model_type(tokenizer_json: bytes) -> str:
     """wordpiece for a WordPiece tokenizer.json, else the SentencePiece-style '▁' word starts."""
-    with open(path, encoding="utf-8") as f:
-        kind = json.load(f)["model"]["type"]
+    kind = json.loads(tokenizer_json)["model"]["type"]
     return "wordpiece" if kind == "WordPiece" else kind.lower()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from bert_jax import cpu_tuning, flops, hf, hf_weights, input_pipeline, metrics_log, run_checks, sharding
+from bert_jax import cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, run_checks, sharding
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.config_validation import validate_pretraining
@@ -172,9 +172,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
     and a resumed run's config compared with the saved one (`allow_changes`: schedule fields such
     as 'train.num_steps' that may change deliberately; see run_checks.compare_with_saved).
     Returns the last train and eval metrics. On SIGTERM it saves a checkpoint and returns early.
+    Local paths are made absolute; `workdir` must be local or on a file system orbax can write.
     """
     validate_pretraining(config)
     allow_changes = run_checks.allowed_changes(allow_changes)
+    data_dir, workdir = fs.absolute(data_dir), fs.absolute(workdir)
+    fs.checkpoint_directory(workdir)
     with exclusive_lock(workdir, "--workdir", enabled=jax.process_index() == 0):
         return _train_and_evaluate(config, data_dir, workdir, allow_changes)
 
@@ -218,13 +221,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
     else:
         state = run.init(jax.random.fold_in(rng, 1))
         if imported is not None:
-            params = hf_weights.params_from_hf(hf_weights.params_to_hf(imported[1], imported[0]), run.model)
+            params = hf_weights.params_from_hf(imported[1], run.model)
             state = state.replace(params=jax.device_put(params, run.state_shardings.params))
     start = int(state.step)
     is_main = jax.process_index() == 0
     bar = tqdm.tqdm(total=train.num_steps, initial=start, disable=not is_main, unit="step",
                     mininterval=2.0, dynamic_ncols=True)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=start)
     per_host = train.global_batch_size // jax.process_count()
     batches = input_pipeline.train_batches(
         data_dir, metadata, per_host, train.num_steps - start, seed=train.seed, mask_prob=config.data.mask_prob,
@@ -244,6 +247,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
             for step in range(start + 1, train.num_steps + 1):
                 state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
+                checkpointer.check()
                 window_steps += 1
                 bar.update()
                 preempted = preemption.check(step)
@@ -300,6 +304,7 @@ def restore_workdir(workdir: str, metadata: dict, config=None):
     """(run, state) of the latest checkpoint in a pretraining `workdir`, set up for `metadata`."""
     from bert_jax.config_loading import config_from_workdir
 
+    workdir = fs.absolute(workdir)
     config = config or config_from_workdir(workdir)
     run_checks.check_workdir_tokenizer(workdir)
     run = setup(config, metadata)
@@ -315,6 +320,7 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[s
     """`bert-jax evaluate`: the latest checkpoint of `workdir` on the eval split of `data_dir`."""
     from bert_jax.config_loading import config_from_workdir
 
+    workdir, data_dir = fs.absolute(workdir), fs.absolute(data_dir)
     config = config_from_workdir(workdir)
     config.train.eval_steps = eval_steps
     metadata = load_metadata(data_dir)

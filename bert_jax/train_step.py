@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bert_jax import backend
 from bert_jax.model import BertConfig, BertForPreTraining
 
 SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_weight", "nsp_loss_sum", "nsp_correct", "nsp_weight")
@@ -41,13 +42,19 @@ def init_state(model: BertForPreTraining, tx: optax.GradientTransformation, rng,
 
 
 def cross_entropy_and_hits(logits, labels) -> tuple[jax.Array, jax.Array]:
-    """Cross-entropy with integer labels, and 1.0 where the label's logit is the largest (a tie
-    counts as a hit). Hits carry no gradient.
+    """Cross-entropy with integer labels [...] over logits [..., classes], computed in float32,
+    and 1.0 where the label's logit is the largest (a tie counts as a hit). Hits carry no gradient.
 
-    The gradient is written by hand: softmax times the incoming gradient in one pass over the
-    logits, then the one-hot part subtracted at the label positions only (a scatter of one value
-    per row into that buffer), instead of the one-hot matrix that autodiff would build."""
-    return _cross_entropy(logits.astype(jnp.float32), labels)
+    On CPU (`backend.hand_written_gradients`) the gradient is written by hand: softmax times the
+    incoming gradient in one pass over the logits, then the one-hot part subtracted at the label
+    positions only (a scatter of one value per row into that buffer), instead of the one-hot
+    matrix that XLA:CPU would build from autodiff. GPU and TPU compilers fuse autodiff's version."""
+    logits = logits.astype(jnp.float32)
+    if backend.hand_written_gradients(backend.current()):
+        return _cross_entropy(logits, labels)
+    label_logit = jnp.sum(logits * jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), axis=-1)
+    hits = (label_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
+    return jax.nn.logsumexp(logits, axis=-1) - label_logit, jax.lax.stop_gradient(hits)
 
 
 def _cross_entropy_forward(logits, labels):
@@ -90,7 +97,7 @@ def metric_sums(mlm_logits, nsp_logits, batch, use_nsp: bool) -> dict[str, jax.A
 
 
 def _forward(model, params, batch, rng, deterministic: bool):
-    rngs = None if deterministic else {"dropout": rng}
+    rngs = None if deterministic else {"dropout": backend.dropout_key(rng, backend.current())}
     return model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
                        batch["masked_lm_positions"], deterministic=deterministic, rngs=rngs)
 

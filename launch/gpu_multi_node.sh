@@ -5,10 +5,10 @@
 # bert-jax calls jax.distributed.initialize() when these variables are set.
 #
 #   launch/gpu_multi_node.sh --coordinator 10.0.0.1:12345 --num-nodes 2 --node-rank 0 \
-#       --data /shared/data --workdir /shared/runs/large --config configs/large.py [--dry-run]
+#       --data /shared/data --workdir /shared/runs/large --config large [--dry-run]
 set -euo pipefail
 
-data="" workdir="" config="configs/large.py" coordinator="" nodes="" rank="" dry_run="" overrides=()
+data="" workdir="" config="large" coordinator="" nodes="" rank="" dry_run="" overrides=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data) data="$2"; shift 2 ;;
@@ -34,6 +34,6 @@ fi
 command=(env JAX_COORDINATOR_ADDRESS="$coordinator" JAX_NUM_PROCESSES="$nodes" JAX_PROCESS_ID="$rank"
          XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
          bert-jax pretrain --config "$config" --data "$data" --workdir "$workdir"
-         --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn "${overrides[@]}")
+         "${overrides[@]}")
 printf '%q ' "${command[@]}"; echo
 [[ -n "$dry_run" ]] || exec "${command[@]}"

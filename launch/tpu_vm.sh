@@ -5,13 +5,13 @@
 #
 #   launch/tpu_vm.sh --name bert --zone us-central2-b --type v4-8 --project my-proj \
 #       --repo https://github.com/ORG/bert_jax.git --data gs://bucket/data --workdir gs://bucket/runs/base \
-#       --config configs/base.py all [--dry-run]
+#       --config base all [--dry-run]
 #
 # Steps: create | install | train | logs | delete | all (create, install, train, logs).
 set -euo pipefail
 
 name="bert-jax" zone="" type="v4-8" project="" version="tpu-ubuntu2204-base" spot=""
-data="" workdir="" config="configs/base.py" repo="" dry_run=""
+data="" workdir="" config="base" repo="" dry_run=""
 overrides=() steps=()
 
 usage() { sed -n '2,11p' "$0"; exit 2; }

@@ -45,3 +45,26 @@ def tokenizer_dir(tmp_path_factory, korean_corpus):
     out = tmp_path_factory.mktemp("tok") / "unigram"
     tokenizer.train([str(korean_corpus)], str(out), vocab_size=100, model_type="unigram")
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def sharded_workdirs(tmp_path_factory, korean_corpus, tokenizer_dir):
+    """Pretraining workdirs written with 8 devices, {mesh name: workdir}: fsdp=8 and a 2x2x2
+    data/fsdp/tensor mesh; 2 steps each with eval at the end, sequence length 32, a position table of 64."""
+    from bert_jax.pretraining_data import DataSettings, prepare_data
+    from bert_jax.train import train_and_evaluate
+    from test_pretrain import tiny_config
+
+    root = tmp_path_factory.mktemp("sharded")
+    prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),
+                 DataSettings(max_seq_length=32, max_predictions_per_seq=5, num_shards=2, eval_fraction=0.05),
+                 progress=False)
+    workdirs = {}
+    for name, mesh in {"fsdp8": dict(data=1, fsdp=8, tensor=1), "mesh222": dict(data=2, fsdp=2, tensor=2)}.items():
+        config = tiny_config(num_steps=2, eval_every=0, eval_steps=1, log_every=2)
+        config.optim.warmup_steps = 1
+        config.model.max_position_embeddings = 64
+        config.mesh.update(mesh)
+        train_and_evaluate(config, str(root / "data"), str(root / name))
+        workdirs[name] = str(root / name)
+    return workdirs

@@ -7,7 +7,7 @@ import pytest
 from bert_jax.config_loading import load_config
 from bert_jax.model import BertConfig
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bert_jax", "configs")
 
 
 @pytest.mark.parametrize("name, layers, hidden", [("tiny", 2, 128), ("mini", 4, 256), ("small", 4, 512),

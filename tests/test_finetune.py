@@ -95,7 +95,7 @@ def test_bad_inputs(setup_dirs, tmp_path, capsys):
     assert main(args + ["--train", str(tmp_path / "empty.tsv")]) == 2
     assert "no rows" in capsys.readouterr().err
     _write(tmp_path / "odd.tsv", [("서울은 좋다.", "x", "중립")])
-    with pytest.raises(ValueError, match="label '중립' \\(row 1\\) did not occur in the training data"):
+    with pytest.raises(ValueError, match="odd.tsv: line 2: label '중립' is not one of the labels \\['긍정', '부정'\\]"):
         finetune(str(root / "pre"), str(root / "train.tsv"), str(tmp_path / "odd.tsv"), str(tmp_path / "w"),
                  "text", "label", config=_config())
     assert main(args + ["--train", str(root / "train.tsv")]) == 2
@@ -136,10 +136,10 @@ def test_from_scratch_keeps_architecture_but_not_weights(setup_dirs, tmp_path):
 def test_tsv_texts_may_hold_quotes_and_carriage_returns(tmp_path):
     path = tmp_path / "q.tsv"
     path.write_bytes('id\tdocument\tlabel\n1\t"인용" 시작\t1\n2\t줄\r바꿈\t0\n3\t짧은\n'.encode())
-    with pytest.raises(ValueError, match="line 4 lacks column\\(s\\) \\['label'\\]"):
+    with pytest.raises(ValueError, match="line 4: 2 fields where the header has 3 \\(id, document, label\\)"):
         read_table(str(path), ["document", "label"])
     path.write_bytes('id\tdocument\tlabel\r\n1\t"인용" 시작\t1\r\n2\t줄\r바꿈\t0\r\n'.encode())
-    rows = read_table(str(path), ["document", "label"])
+    rows = read_table(str(path), ["document", "label"]).rows
     assert [(r["document"], r["label"]) for r in rows] == [('"인용" 시작', "1"), ("줄\r바꿈", "0")]
 
 

@@ -35,8 +35,8 @@ def test_tpu_vm_dry_run():
 
 def test_gpu_dry_runs():
     code, out, _ = _dry_run("gpu_single_node.sh", "--data", "d", "--workdir", "w", "--config.train.seed=3")
-    assert code == 0 and "bert-jax pretrain --config configs/base.py --data d --workdir w" in out
-    assert "--config.model.dtype=bfloat16" in out and out.strip().endswith("--config.train.seed=3")
+    assert code == 0 and "bert-jax pretrain --config base --data d --workdir w" in out
+    assert "dtype" not in out and out.strip().endswith("--config.train.seed=3")  # dtype "auto" in the config
     code, out, _ = _dry_run("gpu_multi_node.sh", "--coordinator", "10.0.0.1:1234", "--num-nodes", "4",
                             "--node-rank", "2", "--data", "d", "--workdir", "w")
     assert code == 0 and "JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=2" in out

@@ -28,7 +28,7 @@ def _batch(batch=400, length=64, seed=0):
 
 def test_budget_and_labels():
     ids, starts = _batch()
-    out = mask_batch(ids, starts, np.random.default_rng(1), CONFIG)
+    out = mask_batch(ids, ids != 0, starts, np.random.default_rng(1), CONFIG)
     real = (ids >= 5).sum(1)
     expected = np.minimum(20, np.maximum(1, np.floor(real * 0.15 + 0.5)))
     predicted = out["masked_lm_weights"].sum(1)
@@ -45,7 +45,7 @@ def test_budget_and_labels():
 
 def test_specials_never_masked_and_unmasked_tokens_unchanged():
     ids, starts = _batch()
-    out = mask_batch(ids, starts, np.random.default_rng(2), CONFIG)
+    out = mask_batch(ids, ids != 0, starts, np.random.default_rng(2), CONFIG)
     rows = np.arange(len(ids))[:, None]
     selected = np.zeros_like(ids, bool)
     selected[np.broadcast_to(rows, out["masked_lm_positions"].shape)[out["masked_lm_weights"] > 0],
@@ -56,7 +56,7 @@ def test_specials_never_masked_and_unmasked_tokens_unchanged():
 
 def test_80_10_10_and_random_tokens_are_not_special():
     ids, starts = _batch(batch=2000, seed=3)
-    out = mask_batch(ids, starts, np.random.default_rng(4), CONFIG)
+    out = mask_batch(ids, ids != 0, starts, np.random.default_rng(4), CONFIG)
     w = out["masked_lm_weights"] > 0
     shown = out["input_ids"][np.arange(len(ids))[:, None], out["masked_lm_positions"]][w]
     original = out["masked_lm_ids"][w]
@@ -71,7 +71,7 @@ def test_80_10_10_and_random_tokens_are_not_special():
 
 def test_whole_words_masked_together_with_one_decision():
     ids, starts = _batch(seed=5)
-    out = mask_batch(ids, starts, np.random.default_rng(6), CONFIG)
+    out = mask_batch(ids, ids != 0, starts, np.random.default_rng(6), CONFIG)
     for row in range(len(ids)):
         positions = set(out["masked_lm_positions"][row][out["masked_lm_weights"][row] > 0].tolist())
         word = np.cumsum(starts[row] | (ids[row] < 5))
@@ -85,16 +85,17 @@ def test_whole_words_masked_together_with_one_decision():
 
 def test_deterministic_for_a_seed_and_edge_cases():
     ids, starts = _batch(batch=10)
-    a = mask_batch(ids, starts, np.random.default_rng(7), CONFIG)
-    b = mask_batch(ids, starts, np.random.default_rng(7), CONFIG)
-    c = mask_batch(ids, starts, np.random.default_rng(8), CONFIG)
+    a = mask_batch(ids, ids != 0, starts, np.random.default_rng(7), CONFIG)
+    b = mask_batch(ids, ids != 0, starts, np.random.default_rng(7), CONFIG)
+    c = mask_batch(ids, ids != 0, starts, np.random.default_rng(8), CONFIG)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["input_ids"], c["input_ids"])
     only_specials = np.array([[2, 3, 0, 0]], np.int32)
-    out = mask_batch(only_specials, np.ones_like(only_specials, bool), np.random.default_rng(0), CONFIG)
+    out = mask_batch(only_specials, only_specials != 0, np.ones_like(only_specials, bool), np.random.default_rng(0),
+                     CONFIG)
     assert out["masked_lm_weights"].sum() == 0 and np.array_equal(out["input_ids"], only_specials)
     tiny = np.array([[2, 9, 3]], np.int32)
-    out = mask_batch(tiny, np.ones_like(tiny, bool), np.random.default_rng(0), CONFIG)
+    out = mask_batch(tiny, np.ones_like(tiny, bool), np.ones_like(tiny, bool), np.random.default_rng(0), CONFIG)
     assert out["masked_lm_weights"].sum() == 1 and out["masked_lm_positions"][0, 0] == 1  # at least one
 
 

@@ -187,7 +187,7 @@ def test_explicit_attention_path_equals_fused():
     mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1] * 6], bool)[:, None, None, :]
     fused = attention(q, k, v, mask)
     # With a keep probability of ~1 the dropout path reduces to plain softmax attention.
-    explicit = attention(q, k, v, mask, dropout_rate=1e-9, dropout_rng=jax.random.key(0))
+    explicit = attention(q, k, v, mask, dropout_rate=1e-9, dropout_rng=jax.random.key(0), implementation="explicit")
     np.testing.assert_allclose(fused, explicit, atol=1e-5)
 
 

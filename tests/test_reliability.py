@@ -145,13 +145,14 @@ def test_bad_config_values_fail_before_any_work(tmp_path, capsys, config_file, f
 
 
 def test_bad_finetune_values_fail_before_loading_anything(tmp_path, capsys):
-    code, _, err = cli(capsys, "finetune", "--init", tmp_path / "none", "--train", tmp_path / "t.tsv",
-                       "--eval", tmp_path / "e.tsv", "--workdir", tmp_path / "w", "--batch-size", "0")
-    assert code == 2
-    assert one_line_error(err, "finetune") == "config.train.global_batch_size=0: must be >= 1"
-    code, _, err = cli(capsys, "finetune", "--init", tmp_path / "none", "--train", tmp_path / "t.tsv",
-                       "--eval", tmp_path / "e.tsv", "--workdir", tmp_path / "w", "--config.train.max_to_keep=0")
-    assert one_line_error(err, "finetune") == "config.train.max_to_keep=0: must be >= 1"
+    for override, message in [("--config.train.seed=-1", "config.train.seed=-1: must be >= 0 and <= 4294967295"),
+                              ("--config.model.attention_dropout=1.0",
+                               "config.model.attention_dropout=1.0: must be >= 0.0 and < 1.0"),
+                              ("--config.mesh.tensor=0", "config.mesh.tensor=0: must be >= 1 (or -1)")]:
+        code, _, err = cli(capsys, "finetune", "--init", tmp_path / "none", "--train", tmp_path / "t.tsv",
+                           "--eval", tmp_path / "e.tsv", "--workdir", tmp_path / "w", override)
+        assert code == 2
+        assert one_line_error(err, "finetune") == message
     assert os.listdir(tmp_path) == []
 
 
