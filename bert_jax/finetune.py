@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
+from bert_jax.config_validation import validate_finetuning
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
 from bert_jax.model import BertConfig, BertModel, Dense
@@ -179,7 +180,8 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     fs.checkpoint_directory(workdir)
     config = config or finetune_config()
     train_cfg = config.train
-    check_settings(train_cfg)
+    check_settings(train_cfg)  # the training settings, named with their flags
+    validate_finetuning(config)  # every other numeric field (seed, dropout, mesh), and the types
     columns = [text_column] + ([pair_column] if pair_column else [])
     tables = {split: read_table(path, columns, label_column, skip_bad_rows)
               for split, path in (("train", train_file), ("eval", eval_file))}
