@@ -24,6 +24,7 @@ class Range:
     high_open: bool = False
     also: tuple = ()
     integer: bool = True
+    why: str = ""  # said after the range in the error
 
     def contains(self, value) -> bool:
         if value in self.also:
@@ -40,8 +41,8 @@ class Range:
             parts.append(f"{'>' if self.low_open else '>='} {self.low}")
         if self.high is not None:
             parts.append(f"{'<' if self.high_open else '<='} {self.high}")
-        text = " and ".join(parts)
-        return text + "".join(f" (or {v})" for v in self.also)
+        text = " and ".join(parts) + "".join(f" (or {v})" for v in self.also)
+        return f"{text} ({self.why})" if self.why else text
 
 
 COUNT = Range(1)  # steps, sizes, batches: a positive integer
@@ -75,11 +76,17 @@ PRETRAINING = {
 
 FINETUNING = {
     "model.hidden_dropout": PROBABILITY, "model.attention_dropout": PROBABILITY,
-    "train.max_length": Range(3), "train.global_batch_size": COUNT, "train.epochs": COUNT,
+    "train.max_length": Range(3, why="the [CLS] and [SEP] tokens and one more"), "train.global_batch_size": COUNT, "train.epochs": COUNT,
     "train.learning_rate": POSITIVE, "train.warmup_fraction": PROBABILITY, "train.weight_decay": NON_NEGATIVE,
     "train.grad_clip_norm": NON_NEGATIVE, "train.patience": COUNT, "train.seed": SEED,
     "train.log_every": COUNT, "train.checkpoint_every": COUNT, "train.max_to_keep": COUNT,
 } | MESH
+
+
+# The `bert-jax finetune` flags that set fine-tuning fields, named in their errors.
+FINETUNING_FLAGS = {"train.max_length": "--max-length", "train.global_batch_size": "--batch-size",
+                    "train.epochs": "--epochs", "train.learning_rate": "--learning-rate",
+                    "train.patience": "--patience", "train.seed": "--seed"}
 
 
 def numeric_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
@@ -94,10 +101,13 @@ def numeric_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[
     return out
 
 
-def validate(config: ml_collections.ConfigDict, ranges: dict[str, Range]) -> None:
+def validate(config: ml_collections.ConfigDict, ranges: dict[str, Range], flags: dict[str, str] | None = None
+             ) -> None:
     """Raises ValueError naming `config.x.y` for the first value outside its range, of the wrong
     type (a float where an integer is meant, a bool, a string), or NaN. Fields of `config` that
-    are numeric but have no range are an error too, so that a new field cannot skip the check."""
+    are numeric but have no range are an error too, so that a new field cannot skip the check.
+    `flags` names the command-line flag that sets a field, added to its error."""
+    flags = flags or {}
     fields = numeric_fields(config)
     unranged = sorted(set(fields) - set(ranges))
     if unranged:
@@ -110,9 +120,13 @@ def validate(config: ml_collections.ConfigDict, ranges: dict[str, Range]) -> Non
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 allowed.integer and not isinstance(value, int)):
             kind = "an integer" if allowed.integer else "a number"
-            raise ValueError(f"config.{name}={value!r}: must be {kind}")
+            raise ValueError(f"{_named(name, value, flags)}: must be {kind}")
         if isinstance(value, float) and math.isnan(value) or not allowed.contains(value):
-            raise ValueError(f"config.{name}={value!r}: must be {allowed.describe()}")
+            raise ValueError(f"{_named(name, value, flags)}: must be {allowed.describe()}")
+
+
+def _named(name: str, value, flags: dict[str, str]) -> str:
+    return f"config.{name}={value!r}" + (f" ({flags[name]})" if name in flags else "")
 
 
 def validate_pretraining(config: ml_collections.ConfigDict) -> None:
@@ -121,5 +135,6 @@ def validate_pretraining(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_finetuning(config: ml_collections.ConfigDict) -> None:
-    """`validate` with the fine-tuning ranges (bert_jax.default_config.finetune_config)."""
-    validate(config, FINETUNING)
+    """`validate` with the fine-tuning ranges (bert_jax.default_config.finetune_config), naming the
+    `bert-jax finetune` flag of a field where it has one."""
+    validate(config, FINETUNING, FINETUNING_FLAGS)

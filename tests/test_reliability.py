@@ -145,7 +145,7 @@ def test_bad_config_values_fail_before_any_work(tmp_path, capsys, config_file, f
 
 
 def test_bad_finetune_values_fail_before_loading_anything(tmp_path, capsys):
-    for override, message in [("--config.train.seed=-1", "config.train.seed=-1: must be >= 0 and <= 4294967295"),
+    for override, message in [("--config.train.seed=-1", "config.train.seed=-1 (--seed): must be >= 0 and <= 4294967295"),
                               ("--config.model.attention_dropout=1.0",
                                "config.model.attention_dropout=1.0: must be >= 0.0 and < 1.0"),
                               ("--config.mesh.tensor=0", "config.mesh.tensor=0: must be >= 1 (or -1)")]:
