@@ -90,7 +90,9 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
               f"{metadata['splits']['eval']['examples']} eval examples -> {data_dir}")
     model_dir = os.path.join(workdir, "model")
     print(f"[4/5] pretraining {config.train.num_steps} steps -> {model_dir}")
-    metrics = train_and_evaluate(config, data_dir, model_dir)
+    # Re-running the demo with another --steps continues the same run to the new length.
+    metrics = train_and_evaluate(config, data_dir, model_dir,
+                                 allow_changes=("train.num_steps", "optim.warmup_steps"))
     model = pretrained.load(model_dir)
     print("[5/5] fill-mask:")
     for text, masks in zip(FILL_MASK_EXAMPLES, fill_mask.fill_mask(model, list(FILL_MASK_EXAMPLES))):

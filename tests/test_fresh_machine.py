@@ -56,10 +56,12 @@ def relative_run(tmp_path_factory):
         _run("train-tokenizer", "--input", "ko.txt", "--output", "tok", "--vocab-size", "100")
         _run("prepare-data", "--input", "ko.txt", "--tokenizer", "tok", "--output", "data", *PREPARE)
         _run("pretrain", "--config", "tiny.py", "--data", "data", "--workdir", "run")
-        _run("pretrain", "--config", "tiny.py", "--data", "data", "--workdir", "run", "--config.train.num_steps=8")
+        _run("pretrain", "--config", "tiny.py", "--data", "data", "--workdir", "run", "--config.train.num_steps=8",
+             "--allow-change", "train.num_steps")
         # a crash after step 8 was logged but before its checkpoint: the rerun resumes from 6
         shutil.rmtree("run/checkpoints/8")
-        _run("pretrain", "--config", "tiny.py", "--data", "data", "--workdir", "run", "--config.train.num_steps=8")
+        _run("pretrain", "--config", "tiny.py", "--data", "data", "--workdir", "run", "--config.train.num_steps=8",
+             "--allow-change", "train.num_steps")
         _run("evaluate", "--workdir", "run", "--data", "data", "--eval-steps", "1")
         _run("fill-mask", "--model", "run", "학교는 [MASK] 좋다.")
         _run("export-hf", "--workdir", "run", "--output", "hf")
@@ -70,6 +72,7 @@ def relative_run(tmp_path_factory):
         _run(*finetune)  # resumes from the finished run's last checkpoint
         _run("predict", "--model", "ft", "--input", "eval.tsv", "--output", "predictions.jsonl")
         _run("demo", "--steps", "2")  # the README's first command: the default --workdir runs/demo
+        _run("demo", "--steps", "3")  # re-running the demo with more steps continues the same run
         loaded = pretrained.load("run")
         yield cwd, loaded
     finally:
@@ -80,7 +83,7 @@ def test_every_command_works_with_relative_paths(relative_run):
     cwd, loaded = relative_run
     assert loaded.step == 8 and loaded.tokenizer.vocab_size == 100
     for path in ("tok/tokenizer.json", "data/metadata.json", "run/checkpoints/8", "hf/model.safetensors",
-                 "imported/tokenizer/tokenizer.json", "ft/model.safetensors", "runs/demo/model/checkpoints/2",
+                 "imported/tokenizer/tokenizer.json", "ft/model.safetensors", "runs/demo/model/checkpoints/3",
                  "runs/demo/model/curves.png"):
         assert (cwd / path).exists(), path
     assert len((cwd / "predictions.jsonl").read_text().splitlines()) == 8
@@ -178,7 +181,7 @@ def test_a_failed_save_stops_the_run_at_once_and_keeps_the_good_checkpoint(tmp_p
         pytest.skip("chattr +i is not available on this file system")
     try:
         capsys.readouterr()
-        status = main(["pretrain", *config, "--config.train.num_steps=40"])
+        status = main(["pretrain", *config, "--config.train.num_steps=40", "--allow-change", "train.num_steps"])
     finally:
         _chattr("-i", checkpoints)
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
