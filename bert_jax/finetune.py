@@ -24,7 +24,7 @@ import tensorflow as tf
 from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.default_config import finetune_config
-from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
+from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch
 from bert_jax.model import BertConfig, BertModel, Dense
 from bert_jax.optim import make_optimizer
 from bert_jax.preemption import Preemption
@@ -164,25 +164,33 @@ def _patience_spent(history: list[dict], patience: int) -> bool:
     return bool(history) and history[-1]["epoch"] - _best(history)["epoch"] >= patience
 
 
-def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_column: str, label_column: str,
-             pair_column: str | None = None, config: ml_collections.ConfigDict | None = None,
-             labels: list[str] | None = None, skip_bad_rows: bool = False) -> dict:
+def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: str = "text",
+             label_column: str = "label", pair_column: str | None = None,
+             config: ml_collections.ConfigDict | None = None, labels: list | None = None,
+             skip_bad_rows: bool = False) -> dict:
     """Fine-tunes the encoder of `init_dir` (a pretraining workdir or a Hugging Face directory),
     resuming from `workdir`'s checkpoints if any, and saves the best epoch by eval accuracy.
 
-    `labels` declares the label set (else: the training file's labels); `skip_bad_rows` skips
-    and counts malformed rows instead of stopping at the first (see `finetune_data.read_table`).
+    `train_file` and `eval_file` are each a .tsv/.csv/.jsonl path or Python data (a pandas
+    DataFrame, a `datasets.Dataset`, a dict of column lists such as {"text": [...], "label":
+    [...]}, or a list of row dicts; see `finetune_data.load_table`). Labels keep their type: int
+    labels come back as ints in `labels` and from `Classifier.predict`.
+    `labels` declares the label set (else: the training data's labels, sorted); `skip_bad_rows`
+    skips and counts malformed rows instead of stopping at the first (see `finetune_data.read_table`).
     The settings, both tables and the labels are checked before the model is loaded.
     Returns the best epoch's metrics, the per-epoch history, the label names, truncation and
     skipped-row counts."""
-    init_dir, train_file, eval_file, workdir = map(fs.absolute, (init_dir, train_file, eval_file, workdir))
+    train_file, eval_file = (fs.absolute(os.fspath(d)) if isinstance(d, (str, os.PathLike)) else d
+                             for d in (train_file, eval_file))
+    init_dir, workdir = map(fs.absolute, (init_dir, workdir))
     fs.checkpoint_directory(workdir)
     config = config or finetune_config()
     train_cfg = config.train
     check_settings(train_cfg)
     columns = [text_column] + ([pair_column] if pair_column else [])
-    tables = {split: read_table(path, columns, label_column, skip_bad_rows)
-              for split, path in (("train", train_file), ("eval", eval_file))}
+    tables = {split: finetune_data.load_table(source, columns, label_column, skip_bad_rows, split)
+              for split, source in (("train", train_file), ("eval", eval_file))}
+    train_file, eval_file = tables["train"].path, tables["eval"].path  # file paths, or names of the data
     labels = finetune_data.label_names(tables["train"], label_column, labels)
     finetune_data.check_labels(tables["eval"], label_column, labels)
     base = pretrained.load(init_dir)
@@ -315,7 +323,7 @@ def _save_best(workdir, run, params, model_config, labels, max_length, pairs, to
 
 
 class Classifier:
-    """A saved fine-tuned model: `predict(texts, pairs=None)` -> (label names, probabilities)."""
+    """A saved fine-tuned model: `predict(texts, pairs=None)` -> (labels, probabilities)."""
 
     def __init__(self, workdir: str):
         workdir = fs.absolute(workdir)
@@ -333,7 +341,8 @@ class Classifier:
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64
                 ) -> tuple[list[str], np.ndarray]:
-        """Label names and [len(texts), labels] probabilities."""
+        """The predicted labels (in the type the training data had: int labels are ints) and float32
+        probabilities [len(texts), number of labels], columns in the order of `self.labels`."""
         rows = [{"text": t, "pair": p} for t, p in zip(texts, pairs or [""] * len(texts))]
         examples = encode(rows, self.tokenizer, "text", "pair" if self.pairs else None, self.max_length, None, None)
         out = [np.asarray(self._apply(self.params, examples.input_ids[i:i + batch_size],

@@ -71,6 +71,55 @@ def read_table(path: str, columns: list[str], label_column: str | None = None,
     return table
 
 
+def load_table(source, columns: list[str], label_column: str | None = None, skip_bad_rows: bool = False,
+               name: str = "data") -> Table:
+    """Rows of a file path (`read_table`) or of Python data: a pandas DataFrame, a Hugging Face
+    `datasets.Dataset`, a mapping of column name -> list of values (one per row), or a list of row
+    dicts. Values keep their types (int labels stay int; numpy scalars become Python ones). Rows of
+    Python data are checked as a file's rows are (missing columns, empty labels); their "line" in
+    errors is the 1-based row number and `name` (e.g. 'train') takes the place of the path."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_table(os.fspath(source), columns, label_column, skip_bad_rows)
+    label = f"{name} data ({type(source).__name__})"
+    rows = _python_rows(source, label)
+    if not rows:
+        raise ValueError(f"{label}: no rows")
+    columns = columns + ([label_column] if label_column else [])
+    missing = [c for c in dict.fromkeys(columns) if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{label}: unknown column(s) {missing}; the data has {sorted(rows[0])}")
+    table = Table(label, [], [])
+    for number, row in enumerate(rows, 1):
+        problem = _row_problem(row, columns, label_column)
+        if not problem:
+            table.rows.append(row)
+            table.lines.append(number)
+        elif skip_bad_rows:
+            table.skipped += 1
+        else:
+            raise ValueError(f"{label}: row {number}: {problem}")
+    return table
+
+
+def _python_rows(source, label: str) -> list[dict]:
+    """Row dicts of a DataFrame, a datasets.Dataset, a mapping of columns or a list of dicts."""
+    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas.DataFrame
+        rows = source.to_dict("records")
+    elif hasattr(source, "to_list") and hasattr(source, "column_names"):  # datasets.Dataset
+        rows = source.to_list()
+    elif isinstance(source, dict):
+        lengths = {column: len(values) for column, values in source.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{label}: columns of different lengths {lengths}")
+        rows = [dict(zip(source, values)) for values in zip(*source.values())]
+    elif isinstance(source, (list, tuple)) and all(isinstance(row, dict) for row in source):
+        rows = list(source)
+    else:
+        raise TypeError(f"{label}: expected a file path, a DataFrame, a datasets.Dataset, a dict of columns "
+                        f"or a list of row dicts")
+    return [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in rows]
+
+
 def _row_problem(row: dict, columns: list[str], label_column: str | None) -> str | None:
     absent = [c for c in columns if row.get(c) is None]
     if absent:
@@ -113,21 +162,27 @@ def _records(path: str, f) -> Iterator[tuple[int, dict | None, str | None]]:
             yield line, dict(zip(header, fields)), None
 
 
-def label_names(table: Table, label_column: str, declared: list[str] | None = None) -> list[str]:
+def label_names(table: Table, label_column: str, declared: list | None = None) -> list:
     """The label set of a training table: `declared` (in its order) or the sorted labels found.
-    A label outside `declared` (naming the line) and fewer than two labels are ValueErrors."""
-    found = sorted({str(row[label_column]) for row in table.rows})
+    Labels keep the table's types (int labels stay int; a declared '1' names the found 1: labels
+    are matched by their text). A label outside `declared` (naming the line) and fewer than two
+    labels are ValueErrors."""
+    found = {}
+    for row in table.rows:
+        found.setdefault(str(row[label_column]), row[label_column])
     if declared:
         check_labels(table, label_column, declared)
     if len(found) < 2:
-        raise ValueError(f"{table.path}: every row has the label {found[0]!r} (column '{label_column}'); "
-                         f"a classifier needs at least two labels")
-    return list(declared) if declared else found
+        raise ValueError(f"{table.path}: every row has the label {next(iter(found))!r} (column "
+                         f"'{label_column}'); a classifier needs at least two labels")
+    if declared:
+        return [found.get(str(name), name) for name in declared]
+    return sorted(found.values(), key=lambda v: (isinstance(v, str), v))
 
 
-def check_labels(table: Table, label_column: str, labels: list[str]) -> None:
-    """ValueError naming the file and line of the first label that is not in `labels`."""
-    known = set(labels)
+def check_labels(table: Table, label_column: str, labels: list) -> None:
+    """ValueError naming the file and line of the first label that is not in `labels` (by text)."""
+    known = {str(name) for name in labels}
     for row, line in zip(table.rows, table.lines):
         if str(row[label_column]) not in known:
             raise ValueError(f"{table.path}: line {line}: label {str(row[label_column])!r} is not one of "
@@ -156,7 +211,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
         segments[i, len(a) + 2:len(row)] = 1
     label_ids = np.zeros(n, np.int32)
     if label_column:
-        index = {name: k for k, name in enumerate(labels)}
+        index = {str(name): k for k, name in enumerate(labels)}
         for i, r in enumerate(rows):
             name = str(r[label_column])
             if name not in index:

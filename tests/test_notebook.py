@@ -4,10 +4,10 @@ Flax modules, lazy imports at `import bert_jax`, and the example notebook run en
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -149,3 +149,55 @@ def test_import_is_light_and_names_are_listed():
         assert f"'{name}'" in out[1]
     assert set(bert_jax.__all__) >= {"load", "Model", "BertConfig", "BertModel", "BertForPreTraining"}
     assert bert_jax.pretrained.load is not None  # a submodule on attribute access, no import by hand
+
+
+def test_python_tables_are_checked_like_files():
+    from bert_jax.finetune_data import label_names, load_table
+
+    rows = [{"text": "가", "label": 2}, {"text": "나", "label": np.int64(10)}]
+    table = load_table(rows, ["text"], "label", name="train")
+    assert [r["label"] for r in table.rows] == [2, 10] and type(table.rows[1]["label"]) is int
+    pandas = pytest.importorskip("pandas")
+    frame = load_table(pandas.DataFrame({"text": ["가", "나"], "label": np.array([3, 1])}), ["text"], "label")
+    assert frame.rows == [{"text": "가", "label": 3}, {"text": "나", "label": 1}]
+    assert type(frame.rows[0]["label"]) is int and frame.path == "data data (DataFrame)"
+    assert label_names(frame, "label") == [1, 3] and label_names(frame, "label", ["3", "1"]) == [3, 1]
+    with pytest.raises(ValueError, match=r"train data \(dict\): columns of different lengths"):
+        load_table({"text": ["a", "b"], "label": [1]}, ["text"], "label", name="train")
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \['sentence'\]"):
+        load_table({"text": ["a"], "label": [1]}, ["sentence"], "label", name="eval")
+    with pytest.raises(ValueError, match="row 2: empty label"):
+        load_table([{"text": "a", "label": "x"}, {"text": "b", "label": " "}], ["text"], "label")
+    with pytest.raises(TypeError, match="expected a file path, a DataFrame"):
+        load_table(42, ["text"], "label")
+
+
+def test_quickstart_notebook_runs(hf_dir, model, tmp_path, monkeypatch):
+    """examples/quickstart.ipynb executed cell by cell on the tiny model (one fine-tuning epoch)."""
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    from bert_jax.finetune import Classifier
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("BERT_JAX_MODEL", hf_dir[0])
+    monkeypatch.setenv("BERT_JAX_EPOCHS", "1")
+    monkeypatch.setenv("BERT_JAX_FINETUNE_DIR", str(tmp_path / "ft"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    notebook = nbformat.read(os.path.join(root, "examples", "quickstart.ipynb"), as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = {i: "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", []))
+               for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
+    assert outputs[1].startswith("bert_jax.Model(L=2, H=32, A=4")
+    assert len(outputs[1]) < 300
+    width = model(["모든 국민은 법 앞에 평등하다.", "대한민국의 주권은 국민에게 있다."])["input_ids"].shape[1]
+    assert outputs[3] == f"{{'input_ids': (2, {width}), 'attention_mask': (2, {width}), 'token_type_ids': (2, {width})}}"
+    assert outputs[6] == f"((2, {width}, 32), (2, 32), 3)"
+    assert len(outputs[9].splitlines()) == 3
+    assert re.search(r"\(\[0, 1\],\s+\{'epoch': 1,", outputs[11])  # fine-tuned from lists of texts and int labels
+    with open(tmp_path / "ft" / "config.json") as f:
+        assert json.load(f)["train_file"] == "train data (dict)"
+    texts = ["서울은 학교의 좋다.", "부산은 문화의 없다.", "국회은 시민의 좋다."]
+    predicted, probabilities = Classifier(str(tmp_path / "ft")).predict(texts)
+    assert predicted == [[0, 1][k] for k in probabilities.argmax(-1)] and all(type(p) is int for p in predicted)
