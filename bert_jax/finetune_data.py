@@ -52,13 +52,21 @@ def read_table(path: str, columns: list[str], label_column: str | None = None,
     with input_files.open_corpus(path) as raw:
         # newline="\n": a bare \r inside a text is not a line end
         records = list(_records(path, io.TextIOWrapper(raw, encoding="utf-8", newline="\n")))
+    return _table(path, records, columns, label_column, skip_bad_rows, "line",
+                  "fix the row, or skip such rows with --skip-bad-rows")
+
+
+def _table(name: str, records: list, columns: list[str], label_column: str | None, skip_bad_rows: bool,
+           unit: str, hint: str) -> Table:
+    """The Table of (line or row number, row or None, problem or None) records: unknown columns,
+    then each row's problem, raise a ValueError naming `name` and the `unit` ('line' or 'row')."""
     good = [row for _, row, problem in records if problem is None]
     if not good:
-        raise ValueError(f"{path}: no rows")
+        raise ValueError(f"{name}: no rows")
     missing = [c for c in dict.fromkeys(columns) if all(c not in row for row in good)]
     if missing:
-        raise ValueError(f"{path}: unknown column(s) {missing}; the file has {sorted(good[0])}")
-    table = Table(path, [], [])
+        raise ValueError(f"{name}: unknown column(s) {missing}; it has {sorted(good[0])}")
+    table = Table(name, [], [])
     for line, row, problem in records:
         problem = problem or _row_problem(row, columns, label_column)
         if not problem:
@@ -67,7 +75,7 @@ def read_table(path: str, columns: list[str], label_column: str | None = None,
         elif skip_bad_rows:
             table.skipped += 1
         else:
-            raise ValueError(f"{path}: line {line}: {problem}; fix the row, or skip such rows with --skip-bad-rows")
+            raise ValueError(f"{name}: {unit} {line}: {problem}; {hint}")
     return table
 
 
@@ -76,29 +84,14 @@ def load_table(source, columns: list[str], label_column: str | None = None, skip
     """Rows of a file path (`read_table`) or of Python data: a pandas DataFrame, a Hugging Face
     `datasets.Dataset`, a mapping of column name -> list of values (one per row), or a list of row
     dicts. Values keep their types (int labels stay int; numpy scalars become Python ones). Rows of
-    Python data are checked as a file's rows are (missing columns, empty labels); their "line" in
-    errors is the 1-based row number and `name` (e.g. 'train') takes the place of the path."""
+    Python data are checked as a file's rows are (unknown columns, missing values, empty labels);
+    errors name `name` (e.g. 'train') and the 1-based row."""
     if isinstance(source, (str, os.PathLike)):
         return read_table(os.fspath(source), columns, label_column, skip_bad_rows)
     label = f"{name} data ({type(source).__name__})"
-    rows = _python_rows(source, label)
-    if not rows:
-        raise ValueError(f"{label}: no rows")
-    columns = columns + ([label_column] if label_column else [])
-    missing = [c for c in dict.fromkeys(columns) if c not in rows[0]]
-    if missing:
-        raise ValueError(f"{label}: unknown column(s) {missing}; the data has {sorted(rows[0])}")
-    table = Table(label, [], [])
-    for number, row in enumerate(rows, 1):
-        problem = _row_problem(row, columns, label_column)
-        if not problem:
-            table.rows.append(row)
-            table.lines.append(number)
-        elif skip_bad_rows:
-            table.skipped += 1
-        else:
-            raise ValueError(f"{label}: row {number}: {problem}")
-    return table
+    records = [(number, row, None) for number, row in enumerate(_python_rows(source, label), 1)]
+    return _table(label, records, columns + ([label_column] if label_column else []), label_column,
+                  skip_bad_rows, "row", "fix the row, or pass skip_bad_rows=True")
 
 
 def _python_rows(source, label: str) -> list[dict]:
