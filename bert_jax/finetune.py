@@ -215,9 +215,9 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
     state, rng, history = _restore_or_init(run, checkpointer, base, config, labels, num_steps)
     step = int(state.step)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, start_step=step)
-    if is_main:
+    if is_main:  # before the logger, which records config.json in TensorBoard
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, start_step=step)
     preemption, order = Preemption(), None
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):

@@ -219,7 +219,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
                 state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
                 checkpointer.check()
                 window_steps += 1
-                bar.update()
                 preempted = preemption.check(step)
                 final = step == train.num_steps
                 if step % train.log_every == 0 or final:
@@ -230,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
                         window_steps, elapsed, train.global_batch_size * seq, train.global_batch_size,
                         step_flops, peak, jax.device_count())
                     state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
+                    bar.update(window_steps)  # device_get waited for these steps: the bar counts finished ones
                     logger.write(step, last)
                     window_start, window_steps = time.time(), 0
                 if (train.eval_every and step % train.eval_every == 0 or final) and _has_eval(metadata):

@@ -1,0 +1,56 @@
+"""Readable logs (TensorBoard scalars and config text, curves.png title and panels) and CLI
+conventions (defaults in --help, --version, one flag name across subcommands)."""
+
+import json
+import os
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bert_jax import metrics_log
+
+
+def _events(workdir):
+    accumulator = EventAccumulator(os.path.join(workdir, "tensorboard"))
+    accumulator.Reload()
+    return accumulator
+
+
+def _logged(tmp_path, rows, start_step=0):
+    logger = metrics_log.MetricsLogger(str(tmp_path), print_fn=lambda line: None, start_step=start_step)
+    for step, metrics in rows:
+        logger.write(step, metrics)
+    return _events(tmp_path)
+
+
+def test_tensorboard_scalars_and_config_text(tmp_path):
+    config = {"model": {"num_layers": 2, "hidden_size": 32, "num_heads": 4}, "data_dir": "/data/ko"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    events = _logged(tmp_path, [(10, {"train/mlm_loss": 4.5, "train/learning_rate": 1e-4, "train/grad_norm": 1.0}),
+                                (20, {"train/mlm_loss": 3.25, "train/learning_rate": 2e-4, "train/grad_norm": 1.0}),
+                                (20, {"eval/mlm_loss": 3.5})])
+    assert [(e.step, e.value) for e in events.Scalars("train/mlm_loss")] == [(10, 4.5), (20, 3.25)]
+    assert [(e.step, e.value) for e in events.Scalars("train/learning_rate")] == [
+        (10, pytest.approx(1e-4)), (20, pytest.approx(2e-4))]
+    assert [(e.step, e.value) for e in events.Scalars("eval/mlm_loss")] == [(20, 3.5)]
+    text = events.Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(text.removeprefix("```json\n").removesuffix("\n```")) == config
+
+
+def test_resumed_run_rewrites_scalars_once_per_step(tmp_path):
+    _logged(tmp_path, [(1, {"train/mlm_loss": 5.0}), (2, {"train/mlm_loss": 4.0}), (3, {"train/mlm_loss": 3.0})])
+    events = _logged(tmp_path, [(3, {"train/mlm_loss": 2.5})], start_step=2)
+    assert [(e.step, e.value) for e in events.Scalars("train/mlm_loss")] == [(1, 5.0), (2, 4.0), (3, 2.5)]
+
+
+def test_curves_have_a_title_and_a_learning_rate_panel(tmp_path):
+    import matplotlib.image
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model": {"num_layers": 2, "hidden_size": 32, "num_heads": 4}, "data_dir": "/data/ko"}))
+    _logged(tmp_path, [(10, {"train/mlm_loss": 4.5, "train/learning_rate": 1e-4, "train/grad_norm": 1.0}), (10, {"eval/mlm_loss": 4.0})])
+    assert metrics_log.curves_title(str(tmp_path)) == f"{tmp_path.name}: L=2 H=32 A=4, data /data/ko"
+    image = matplotlib.image.imread(metrics_log.plot_curves(str(tmp_path)))
+    assert image.shape[:2] == (700, 1400)  # 14 x 7 inches at 100 dpi: 3 panels a row
+    os.remove(tmp_path / "config.json")
+    assert metrics_log.curves_title(str(tmp_path)) == tmp_path.name
