@@ -174,7 +174,8 @@ def plot_curves(workdir: str, curves=CURVES) -> str:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle(curves_title(workdir))
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")

@@ -54,3 +54,41 @@ def test_curves_have_a_title_and_a_learning_rate_panel(tmp_path):
     assert image.shape[:2] == (700, 1400)  # 14 x 7 inches at 100 dpi: 3 panels a row
     os.remove(tmp_path / "config.json")
     assert metrics_log.curves_title(str(tmp_path)) == tmp_path.name
+
+
+def _cli(*argv):
+    """(exit status, stdout, stderr) of `python -m bert_jax.cli ARGV` (argparse exits, so a subprocess)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bert_jax.cli", *argv], capture_output=True, text=True)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_version_and_defaults_in_help():
+    from importlib import metadata
+
+    assert _cli("--version")[:2] == (0, f"bert-jax {metadata.version('bert_jax')}\n")
+    status, out, _ = _cli("prepare-data", "--help")
+    out = " ".join(out.split())  # argparse wraps lines
+    assert status == 0 and "--max-seq-length MAX_SEQ_LENGTH (default: 128)" in out
+    assert "(default: nsp)" in out and "(default: None)" not in out and "(default: False)" not in out
+    status, out, _ = _cli("finetune", "--help")
+    out = " ".join(out.split())
+    assert "--model DIR" in out and "--init" not in out and "(default: text)" in out
+
+
+def test_one_model_flag_with_old_names_as_hidden_aliases(capsys):
+    from bert_jax.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export-hf", "--model", "a", "--output", "b"]).model == "a"
+    assert parser.parse_args(["export-hf", "--workdir", "a", "--output", "b"]).model == "a"
+    assert "--workdir is now --model" in capsys.readouterr().err
+    args = parser.parse_args(["finetune", "--init", "m", "--train", "t", "--eval", "e", "--workdir", "w"])
+    assert (args.model, args.workdir) == ("m", "w")
+    assert "--init is now --model" in capsys.readouterr().err
+    assert parser.parse_args(["fill-mask", "--model", "m", "x [MASK]"]).model == "m"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export-hf", "--output", "b"])
+    assert "one of the arguments --model is required" in capsys.readouterr().err
