@@ -217,7 +217,9 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     step = int(state.step)
     if is_main:  # before the logger, which records config.json in TensorBoard
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, start_step=step)
+    bar = metrics_log.progress_bar(num_steps, "step", is_main, initial=step, desc="fine-tune")
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=step)
+    unreported = 0  # steps run since the bar last moved
     preemption, order = Preemption(), None
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -228,6 +230,7 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
                 state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
                 checkpointer.check()
                 step += 1
+                unreported += 1
                 epoch_end = step % steps_per_epoch == 0
                 if step % train_cfg.log_every == 0 or epoch_end:
                     metrics = _train_metrics(jax.device_get(state.metrics))
@@ -235,6 +238,8 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
                         raise FloatingPointError(f"non-finite fine-tuning loss at step {step}; lower "
                                                  f"--learning-rate. Checkpoints and the best model are kept")
                     state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
+                    bar.update(unreported)  # device_get waited for these steps: the bar counts finished ones
+                    unreported = 0
                     logger.write(step, metrics)
                 if epoch_end:
                     scores = evaluate(run, state.params, evaluation, train_cfg.global_batch_size)
@@ -253,6 +258,7 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
                               flush=True)
                     return result | {"best": _best(history), "history": history, "preempted": True}
     finally:
+        bar.close()
         preemption.restore()
         checkpointer.close()
     if is_main and history:
