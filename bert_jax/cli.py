@@ -19,7 +19,7 @@ def _train_tokenizer(args) -> None:
     tok = tokenizer.train(args.input, args.output, vocab_size=args.vocab_size,
                           model_type=args.model_type, character_coverage=args.character_coverage,
                           input_sentence_size=args.input_sentence_size, lowercase=args.lowercase,
-                          seed=args.seed)
+                          seed=args.seed, progress=True)
     print(f"wrote {args.output}: {tok.model_type} tokenizer, {tok.vocab_size} tokens, "
           f"fingerprint {tok.fingerprint}")
 

@@ -21,7 +21,8 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
+from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, progress, sharding
+from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch
@@ -217,7 +218,7 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     step = int(state.step)
     if is_main:  # before the logger, which records config.json in TensorBoard
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
-    bar = metrics_log.progress_bar(num_steps, "step", is_main, initial=step, desc="fine-tune")
+    bar = progress.progress_bar(num_steps, "step", is_main, initial=step, desc="fine-tune")
     logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=step)
     unreported = 0  # steps run since the bar last moved
     preemption, order = Preemption(), None

@@ -12,16 +12,6 @@ CURVES = (("mlm_loss", "MLM loss"), ("mlm_acc", "MLM accuracy"), ("nsp_loss", "N
           ("nsp_acc", "NSP accuracy"))
 
 
-def progress_bar(total: int, unit: str, enabled: bool = True, initial: int = 0, desc: str | None = None,
-                 leave: bool = True):
-    """The tqdm bar of a long command. Callers advance it by FINISHED steps (once a step's outputs
-    have come back from the device), so its rate is what the device does, not the dispatch rate."""
-    import tqdm
-
-    return tqdm.tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, leave=leave,
-                     mininterval=2.0, dynamic_ncols=True)
-
-
 def normalize(sums: dict[str, float], prefix: str) -> dict[str, float]:
     """Weighted sums and denominators -> means: losses, accuracies, perplexity, lr, grad norm."""
     sums = {k: float(v) for k, v in sums.items()}

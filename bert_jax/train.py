@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from bert_jax import cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, sharding
+from bert_jax import cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, progress, sharding
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.model import BertConfig, BertForPreTraining
@@ -111,7 +111,7 @@ def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
     per_host = (config.data.eval_batch_size or config.train.global_batch_size) // jax.process_count()
     count = input_pipeline.eval_batch_count(run.metadata, per_host, jax.process_count(), config.train.eval_steps)
     totals = zero_metrics(SUM_KEYS)
-    bar = metrics_log.progress_bar(count, "batch", jax.process_index() == 0, desc="eval", leave=False)
+    bar = progress.progress_bar(count, "batch", jax.process_index() == 0, desc="eval", leave=False)
     with bar, jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         for batch in input_pipeline.eval_batches(data_dir, run.metadata, per_host, count,
                                                  seed=config.train.seed, mask_prob=config.data.mask_prob,
@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir
             state = state.replace(params=jax.device_put(params, run.state_shardings.params))
     start = int(state.step)
     is_main = jax.process_index() == 0
-    bar = metrics_log.progress_bar(train.num_steps, "step", is_main, initial=start)
+    bar = progress.progress_bar(train.num_steps, "step", is_main, initial=start)
     logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=start)
     per_host = train.global_batch_size // jax.process_count()
     batches = input_pipeline.train_batches(
