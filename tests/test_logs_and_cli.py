@@ -92,3 +92,13 @@ def test_one_model_flag_with_old_names_as_hidden_aliases(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["export-hf", "--output", "b"])
     assert "one of the arguments --model is required" in capsys.readouterr().err
+
+
+def test_train_tokenizer_shows_progress(tmp_path, korean_corpus, capsys):
+    from bert_jax import tokenizer
+
+    documents = len([d for d in korean_corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()])
+    tokenizer.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100, progress=True)
+    err = capsys.readouterr().err
+    assert f"reading the corpus: {documents}doc" in err
+    assert "training a 100-token unigram model on" in err
