@@ -21,12 +21,18 @@ class Checkpointer:
     running on without checkpoints. Earlier checkpoints are never touched by a failed save.
     """
 
-    def __init__(self, directory: str, max_to_keep: int):
+    def __init__(self, directory: str, max_to_keep: int, create: bool = True):
+        """`max_to_keep` >= 1: the newest checkpoint is never deleted (orbax reads 0 as "keep none").
+        `create=False` leaves `directory` absent until the first save, so that opening a workdir
+        to check it writes nothing. Temporary directories of saves cut short (kill -9) are removed."""
+        if max_to_keep < 1:
+            raise ValueError(f"config.train.max_to_keep={max_to_keep}: must be >= 1, or the run's "
+                             f"own checkpoints would be deleted")
         self.directory = fs.checkpoint_directory(directory)
         # Step directories are created synchronously: orbax's asynchronous creation reports a
         # failure (e.g. a read-only directory) only after its signalling timeout (300 s).
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
+            max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=True, enable_async_checkpointing=True,
             async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.pending_step: int | None = None

@@ -90,7 +90,7 @@ def _pretrain(args) -> None:
 
     maybe_initialize()
     config = load_config(args.config, args.overrides)
-    metrics = train_and_evaluate(config, args.data, args.workdir)
+    metrics = train_and_evaluate(config, args.data, args.workdir, tuple(args.allow_change))
     if jax_process_index() == 0:
         print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=1))
 
@@ -115,6 +115,9 @@ def _add_train_parsers(subparsers) -> None:
                         "with get_config()")
     p.add_argument("--data", required=True, help="directory from prepare-data")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and curves go here; resumes if present")
+    p.add_argument("--allow-change", action="append", default=[], metavar="FIELD",
+                   help="on resume, let this schedule field differ from the saved config.json "
+                        "(e.g. train.num_steps to train longer); repeatable")
     p.set_defaults(run=_pretrain, accepts_overrides=True)
     p = subparsers.add_parser("evaluate", help="evaluate the latest checkpoint of a workdir")
     p.add_argument("--workdir", required=True)

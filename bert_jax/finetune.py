@@ -24,6 +24,7 @@ import tensorflow as tf
 from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, progress, sharding
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
+from bert_jax.config_validation import validate_finetuning
 from bert_jax.default_config import finetune_config
 from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch
 from bert_jax.model import BertConfig, BertModel, Dense
@@ -187,7 +188,7 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     fs.checkpoint_directory(workdir)
     config = config or finetune_config()
     train_cfg = config.train
-    check_settings(train_cfg)
+    validate_finetuning(config)  # every numeric field and its type, named with its flag where it has one
     columns = [text_column] + ([pair_column] if pair_column else [])
     tables = {split: finetune_data.load_table(source, columns, label_column, skip_bad_rows, split)
               for split, source in (("train", train_file), ("eval", eval_file))}
@@ -265,30 +266,6 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     if is_main and history:
         metrics_log.plot_curves(workdir, CURVES)
     return result | {"best": _best(history), "history": history}
-
-
-# Ranges of the fine-tuning settings (and the flag that sets each), checked before any work.
-SETTING_RANGES = {
-    "max_length": ("--max-length", lambda v: v >= 3, ">= 3 (the [CLS] and [SEP] tokens and one more)"),
-    "global_batch_size": ("--batch-size", lambda v: v >= 1, ">= 1"),
-    "epochs": ("--epochs", lambda v: v >= 1, ">= 1"),
-    "learning_rate": ("--learning-rate", lambda v: v > 0, "> 0"),
-    "patience": ("--patience", lambda v: v >= 1, ">= 1"),
-    "warmup_fraction": (None, lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (None, lambda v: v >= 0, ">= 0"),
-    "grad_clip_norm": (None, lambda v: v >= 0, ">= 0 (0 = off)"),
-    "log_every": (None, lambda v: v >= 1, ">= 1"),
-    "checkpoint_every": (None, lambda v: v >= 1, ">= 1"),
-    "max_to_keep": (None, lambda v: v >= 1, ">= 1"),
-}
-
-
-def check_settings(train: ml_collections.ConfigDict) -> None:
-    """A ValueError naming `config.train.FIELD` (and its flag) for the first value out of range."""
-    for field, (flag, valid, rule) in SETTING_RANGES.items():
-        if not valid(train[field]):
-            named = f"config.train.{field}={train[field]}" + (f" ({flag})" if flag else "")
-            raise ValueError(f"{named} must be {rule}")
 
 
 def _restore_or_init(run: FinetuneRun, checkpointer: Checkpointer, base, config, labels, num_steps):

@@ -73,6 +73,13 @@ def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
     return _gfile().GFile(path, mode) if is_url(path) else open(path, mode)
 
 
+def open_text(path: str, mode: str = "r") -> IO[str]:
+    """The file at `path` opened as UTF-8 text in `mode` ('r', 'w' or 'a')."""
+    if is_url(path):
+        return _gfile().GFile(path, mode)
+    return open(path, mode, encoding="utf-8")
+
+
 def read_bytes(path: str) -> bytes:
     with open_binary(path) as f:
         return f.read()
@@ -108,18 +115,19 @@ def checkpoint_directory(path: str) -> str:
 
 
 @contextlib.contextmanager
-def staged_output(output: str, prefix: str, marker: str) -> Iterator[str]:
+def staged_output(output: str, marker: str, what: str) -> Iterator[str]:
     """Yields a local directory to fill; on success it becomes `output`. Local outputs use
-    `staging.staged_directory` (renamed when complete). Remote object stores have no atomic
-    directory rename, so a remote output is built in a local temporary directory and uploaded
-    with `marker` (the file whose presence means "complete") last."""
+    `staging.staged_directory` (locked, checked, renamed when complete; `what` names a finished
+    output in its error). Remote object stores have no atomic directory rename, so a remote output
+    is built in a local temporary directory and uploaded with `marker` (the file whose presence
+    means "complete") last."""
     from bert_jax.staging import staged_directory
 
     if not is_url(output):
-        with staged_directory(output, prefix) as staging:
+        with staged_directory(output, marker, what) as staging:
             yield staging
         return
-    with tempfile.TemporaryDirectory(prefix=prefix) as staging:
+    with tempfile.TemporaryDirectory(prefix=".bert-jax-staging-") as staging:
         yield staging
         upload_tree(staging, output, last=marker)
 

@@ -17,6 +17,7 @@ from flax import traverse_util
 from bert_jax import fs, hf, hf_weights
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.model import BertConfig
+from bert_jax.run_checks import check_workdir_tokenizer
 
 
 @dataclasses.dataclass
@@ -100,6 +101,7 @@ def restore_params(checkpoints: str, config: BertConfig, sharding: jax.sharding.
 
 def load_workdir(workdir: str, sharding: jax.sharding.Sharding | None = None) -> Pretrained:
     """The latest checkpoint of a `bert-jax pretrain` workdir, parameters only, with its tokenizer."""
+    check_workdir_tokenizer(workdir)
     config = _workdir_config(workdir)
     params, step = restore_params(os.path.join(workdir, "checkpoints"), config, sharding)
     return Pretrained(config, params, hf.load_tokenizer(os.path.join(workdir, "tokenizer")), step)

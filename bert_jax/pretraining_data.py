@@ -285,7 +285,7 @@ def prepare_data(inputs: list[str], tokenizer_dir: str, output: str, settings: D
     auto_shards = max(1, min(1024, total_bytes // (32 << 20))) if total_bytes else 16
     train_shards = settings.num_shards or auto_shards
     num_shards = {"train": train_shards, "eval": max(1, round(train_shards * settings.eval_fraction))}
-    with fs.staged_output(output, ".prepare-data-", METADATA_FILE) as staging:
+    with fs.staged_output(output, METADATA_FILE, "prepared data") as staging:
         stats, split_documents, shard_files, seconds = _write_shards(
             files, tok, staging, settings, workers, num_shards, total_bytes, progress)
         if stats["documents"] == 0:

@@ -244,6 +244,15 @@ def _finish(tokenizer) -> None:
         special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
 
 
+def _save(tokenizer, path: str) -> None:
+    """tokenizer.save, whose failures (a bare Exception from Rust) become an OSError naming the file."""
+    try:
+        tokenizer.save(path)
+    except Exception as error:  # noqa: BLE001 (tokenizers raises a bare Exception)
+        raise OSError(f"{path} could not be written ({error}): the disk is full or the file size "
+                      f"limited; nothing was written to the output") from None
+
+
 def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_type: str = "unigram",
           character_coverage: float = 0.9995, input_sentence_size: int = 2_000_000,
           lowercase: bool = False, seed: int = 0, progress: bool = False) -> Tokenizer:
@@ -267,21 +276,22 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
     settings = TokenizerSettings(model_type, vocab_size, character_coverage, input_sentence_size,
                                  lowercase, seed, files)
     stats = CorpusStats()
-    sentences = _sample_sentences(files, input_sentence_size, seed, stats, progress)
-    if not sentences:
-        raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
-    if progress:
-        print(f"training a {vocab_size}-token {model_type} model on {len(sentences)} sentences", file=sys.stderr,
-              flush=True)
-    with fs.staged_output(output, ".tokenizer-", SETTINGS_FILE) as staging:
+    with fs.staged_output(output, SETTINGS_FILE, "a tokenizer") as staging:
+        sentences = _sample_sentences(files, input_sentence_size, seed, stats, progress)
+        if not sentences:
+            raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
+        if progress:
+            print(f"training a {vocab_size}-token {model_type} model on {len(sentences)} sentences",
+                  file=sys.stderr, flush=True)
         if model_type == "wordpiece":
             tokenizer = _train_wordpiece(sentences, settings, staging)
         else:
             tokenizer = _train_sentencepiece(sentences, settings, staging)
         _finish(tokenizer)
-        tokenizer.save(os.path.join(staging, "tokenizer.json"))
+        _save(tokenizer, os.path.join(staging, "tokenizer.json"))
         record = dataclasses.asdict(settings) | {"vocab_size": tokenizer.get_vocab_size(),
                                                  "normalizer": normalization.NAME, "corpus": dict(stats)}
         with open(os.path.join(staging, SETTINGS_FILE), "w", encoding="utf-8") as f:
             json.dump(record, f, ensure_ascii=False, indent=2)
+        load(staging)  # a file written incompletely (e.g. a full disk) fails here, before the rename
     return load(output)

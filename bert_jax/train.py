@@ -14,13 +14,16 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from bert_jax import cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, progress, sharding
+from bert_jax import (cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, progress, run_checks,
+                      sharding)
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
+from bert_jax.config_validation import validate_pretraining
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.optim import make_optimizer
 from bert_jax.preemption import Preemption
 from bert_jax.pretraining_data import load_metadata
+from bert_jax.staging import exclusive_lock
 from bert_jax.train_step import (SUM_KEYS, all_finite, init_state, make_eval_step,
                                  make_train_step, zero_metrics)
 
@@ -138,24 +141,18 @@ def _adopt_architecture(config, imported: BertConfig) -> None:
               f"vocabulary {imported.vocab_size}", flush=True)
 
 
-def _check_tokenizer(workdir: str, data_dir: str, metadata: dict) -> None:
-    """A workdir that has a tokenizer (resumed or imported) must match the data's."""
-    if not tf.io.gfile.exists(os.path.join(workdir, "tokenizer", "tokenizer.json")):
-        return
-    fingerprint = tokenizer_lib.load(os.path.join(workdir, "tokenizer")).fingerprint
-    if fingerprint != metadata["tokenizer"]["fingerprint"]:
-        raise ValueError(f"--data {data_dir} was prepared with a different tokenizer than {workdir}/tokenizer; "
-                         f"prepare it with --tokenizer {workdir}/tokenizer")
+def _resolved_config(config, data_dir: str, model: BertConfig) -> dict:
+    """The config as written to WORKDIR/config.json: the model section resolved against the data."""
+    return config.to_dict() | {"model": dataclasses.asdict(model), "data_dir": data_dir}
 
 
 def _prepare_workdir(workdir: str, config, data_dir: str, model: BertConfig) -> None:
+    """Writes config.json, the tokenizer and data_metadata.json; called after the run-start checks."""
     if jax.process_index() != 0:
         return
     tf.io.gfile.makedirs(workdir)
-    resolved = config.to_dict()
-    resolved["model"] = dataclasses.asdict(model)
     with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(resolved | {"data_dir": data_dir}, f, indent=2)
+        json.dump(_resolved_config(config, data_dir, model), f, indent=2)
     tokenizer_dst = os.path.join(workdir, "tokenizer")
     if not tf.io.gfile.exists(tokenizer_dst):
         tokenizer_lib.copy_files(os.path.join(data_dir, "tokenizer"), tokenizer_dst)
@@ -171,25 +168,59 @@ def _check_finite(host_metrics: dict, step: int, checkpointer: Checkpointer) -> 
             f"config.optim.learning_rate or raise warmup_steps")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir: str,
+                       allow_changes: tuple[str, ...] = ()) -> dict:
     """Pretrains BertForPreTraining on `data_dir`, resuming from `workdir` if it has checkpoints.
 
+    Before anything is written into `workdir`: the config's values are checked, the workdir is
+    locked against a second writer, the data checked against itself and the workdir's tokenizer,
+    and a resumed run's config compared with the saved one (`allow_changes`: schedule fields such
+    as 'train.num_steps' that may change deliberately; see run_checks.compare_with_saved).
     Returns the last train and eval metrics. On SIGTERM it saves a checkpoint and returns early.
     Local paths are made absolute; `workdir` must be local or on a file system orbax can write.
     """
+    validate_pretraining(config)
+    allow_changes = run_checks.allowed_changes(allow_changes)
     data_dir, workdir = fs.absolute(data_dir), fs.absolute(workdir)
     fs.checkpoint_directory(workdir)
+    with exclusive_lock(workdir, "--workdir", enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, data_dir, workdir, allow_changes)
+
+
+def _restore_checked(checkpointer: Checkpointer, run: Run, config, data_dir: str, workdir: str,
+                     allow_changes: tuple[str, ...]):
+    """The latest checkpoint of `workdir` after comparing the saved config with this run's (one-line
+    errors naming the fields); an orbax restore error becomes one line naming the checkpoint."""
+    step = checkpointer.latest_step()
+    if step is None:
+        return None
+    saved = run_checks.read_saved_config(workdir)
+    if saved is not None:
+        notes = run_checks.compare_with_saved(saved, _resolved_config(config, data_dir, run.model), step,
+                                              allow_changes)
+        if notes and jax.process_index() == 0:
+            print(f"resuming at step {step} with changed settings: {'; '.join(notes)}", flush=True)
+    try:
+        return checkpointer.restore(run.abstract_state)
+    except ValueError as error:
+        raise ValueError(f"--workdir {workdir}: checkpoint {step} does not fit the config "
+                         f"({str(error).strip().splitlines()[0][:200]}); use a new --workdir") from None
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir: str,
+                        allow_changes: tuple[str, ...]) -> dict:
     metadata = load_metadata(data_dir)
+    run_checks.check_prepared_data(data_dir, metadata)
     imported = hf.load_imported(workdir)
     if imported is not None:
         _adopt_architecture(config, imported[0])
-    _check_tokenizer(workdir, data_dir, metadata)
+    run_checks.check_tokenizer_matches(workdir, data_dir, metadata)
     run = setup(config, metadata)
-    _prepare_workdir(workdir, config, data_dir, run.model)
     train = config.train
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train.max_to_keep)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train.max_to_keep, create=False)
     rng = jax.random.PRNGKey(train.seed)
-    restored = checkpointer.restore(run.abstract_state)
+    restored = _restore_checked(checkpointer, run, config, data_dir, workdir, allow_changes)
+    _prepare_workdir(workdir, config, data_dir, run.model)
     if restored is not None:
         state, rng, _ = restored
     else:
@@ -279,6 +310,7 @@ def restore_workdir(workdir: str, metadata: dict, config=None):
 
     workdir = fs.absolute(workdir)
     config = config or config_from_workdir(workdir)
+    run_checks.check_workdir_tokenizer(workdir)
     run = setup(config, metadata)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_to_keep)
     restored = checkpointer.restore(run.abstract_state)
@@ -298,5 +330,7 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[s
     metadata = load_metadata(data_dir)
     if not _has_eval(metadata):
         raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
+    run_checks.check_prepared_data(data_dir, metadata)
+    run_checks.check_tokenizer_matches(workdir, data_dir, metadata)
     run, state = restore_workdir(workdir, metadata, config)
     return {"step": int(state.step)} | evaluate(run, state.params, config, data_dir)

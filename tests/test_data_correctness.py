@@ -308,13 +308,13 @@ def test_label_sets_that_cannot_make_a_classifier(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "config.train.global_batch_size=0 (--batch-size) must be >= 1"),
-    (["--epochs", "0"], "config.train.epochs=0 (--epochs) must be >= 1"),
-    (["--max-length", "2"], "config.train.max_length=2 (--max-length) must be >= 3 (the [CLS] and [SEP] tokens "
+    (["--batch-size", "0"], "config.train.global_batch_size=0 (--batch-size): must be >= 1"),
+    (["--epochs", "0"], "config.train.epochs=0 (--epochs): must be >= 1"),
+    (["--max-length", "2"], "config.train.max_length=2 (--max-length): must be >= 3 (the [CLS] and [SEP] tokens "
                             "and one more)"),
-    (["--learning-rate", "0"], "config.train.learning_rate=0.0 (--learning-rate) must be > 0"),
-    (["--patience", "0"], "config.train.patience=0 (--patience) must be >= 1"),
-    (["--config.train.log_every=0"], "config.train.log_every=0 must be >= 1"),
+    (["--learning-rate", "0"], "config.train.learning_rate=0.0 (--learning-rate): must be > 0.0"),
+    (["--patience", "0"], "config.train.patience=0 (--patience): must be >= 1"),
+    (["--config.train.log_every=0"], "config.train.log_every=0: must be >= 1"),
 ])
 def test_finetune_flags_are_checked_before_any_work(flags, message, tmp_path, capsys):
     train = _table(tmp_path / "train.tsv", _good_rows(8))

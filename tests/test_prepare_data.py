@@ -201,7 +201,7 @@ def test_bad_arguments_and_inputs(tmp_path, korean_corpus, tokenizer_dir, nsp_da
     assert main(["prepare-data", "--input", str(empty), "--tokenizer", tokenizer_dir,
                  "--output", str(tmp_path / "d"), "--quiet"]) == 2
     assert "holds no documents" in capsys.readouterr().err
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".prepare-data-")]
+    assert not [p for p in os.listdir(tmp_path) if ".staging-" in p or p.endswith(".lock")]
 
 
 def test_interrupted_run_leaves_no_output(tmp_path, korean_corpus, tokenizer_dir, monkeypatch):
