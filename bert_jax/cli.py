@@ -272,11 +272,15 @@ def _add_demo_parser(subparsers) -> None:
 
 class OldFlagName(argparse.Action):
     """A flag's name before this release (hidden from --help): stores under the new name's dest and
-    says so on stderr. Old names stay for one release (argparse of Python < 3.13 has no `deprecated`)."""
+    issues a DeprecationWarning (silent unless warnings are enabled, so scripts and their one-line
+    errors stay as they were). Old names stay for one release (argparse of Python < 3.13 has no
+    `deprecated`)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: {option_string} is now --{self.dest}; the old name goes in the next release",
-              file=sys.stderr)
+        import warnings
+
+        warnings.warn(f"{parser.prog}: {option_string} is now --{self.dest}; the old name goes in the next "
+                      f"release", DeprecationWarning, stacklevel=2)
         setattr(namespace, self.dest, values)
 
 

@@ -3,6 +3,8 @@ tokenizer and data commands show one without importing TensorFlow."""
 
 from __future__ import annotations
 
+DELAY_S = 1.0  # a bar appears only after this long: quick commands and early errors print no bar
+
 
 def progress_bar(total: int, unit: str, enabled: bool = True, initial: int = 0, desc: str | None = None,
                  leave: bool = True):
@@ -11,4 +13,4 @@ def progress_bar(total: int, unit: str, enabled: bool = True, initial: int = 0, 
     import tqdm
 
     return tqdm.tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, leave=leave,
-                     mininterval=2.0, dynamic_ncols=True)
+                     mininterval=2.0, delay=DELAY_S, dynamic_ncols=True)
