@@ -19,7 +19,7 @@ def _train_tokenizer(args) -> None:
     tok = tokenizer.train(args.input, args.output, vocab_size=args.vocab_size,
                           model_type=args.model_type, character_coverage=args.character_coverage,
                           input_sentence_size=args.input_sentence_size, lowercase=args.lowercase,
-                          seed=args.seed)
+                          seed=args.seed, progress=True)
     print(f"wrote {args.output}: {tok.model_type} tokenizer, {tok.vocab_size} tokens, "
           f"fingerprint {tok.fingerprint}")
 
@@ -143,7 +143,7 @@ def _fill_mask(args) -> None:
 def _export_hf(args) -> None:
     from bert_jax import hf_export
 
-    model = hf_export.export_directory(args.workdir, args.output, args.language, args.license, args.keep_positions)
+    model = hf_export.export_directory(args.model, args.output, args.language, args.license, args.keep_positions)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
           f"BertForPreTraining and AutoTokenizer, or publish it with `hf upload USER/MODEL {args.output}`")
 
@@ -166,8 +166,7 @@ def _add_hf_parsers(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
     p.set_defaults(run=_fill_mask)
     p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")
-    p.add_argument("--workdir", required=True,
-                   help="pretraining workdir, import-hf output or Hugging Face directory")
+    add_model_flag(p, "pretraining workdir, import-hf output or Hugging Face directory", old_name="--workdir")
     p.add_argument("--output", required=True)
     p.add_argument("--language", nargs="+", default=["ko"], help="ISO 639-1 code(s) for the model card (default ko)")
     p.add_argument("--license", default="apache-2.0",
@@ -200,7 +199,7 @@ def _finetune(args) -> None:
             config.train[field] = getattr(args, flag)
     config.train.from_scratch = args.from_scratch
     apply_overrides(config, args.overrides)
-    result = finetune(args.init, args.train, args.eval, args.workdir, args.text_column, args.label_column,
+    result = finetune(args.model, args.train, args.eval, args.workdir, args.text_column, args.label_column,
                       args.text_pair_column, config, args.labels, args.skip_bad_rows)
     if jax_process_index() == 0:
         print(json.dumps({k: result[k] for k in ("best", "labels", "truncated", "skipped_rows")},
@@ -227,7 +226,7 @@ def _add_finetune_parsers(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a classifier on labelled text",
                               epilog="Any field of bert_jax.default_config.finetune_config() can be overridden: "
                                      "--config.mesh.tensor=2 --config.model.dtype=bfloat16")
-    p.add_argument("--init", required=True, help="pretraining workdir or Hugging Face BERT directory")
+    add_model_flag(p, "pretraining workdir or Hugging Face BERT directory to start from", old_name="--init")
     p.add_argument("--train", required=True, help=".tsv, .csv or .jsonl")
     p.add_argument("--eval", required=True)
     p.add_argument("--workdir", required=True)
@@ -271,8 +270,52 @@ def _add_demo_parser(subparsers) -> None:
     p.set_defaults(run=_demo)
 
 
+class OldFlagName(argparse.Action):
+    """A flag's name before this release (hidden from --help): stores under the new name's dest and
+    issues a DeprecationWarning (silent unless warnings are enabled, so scripts and their one-line
+    errors stay as they were). Old names stay for one release (argparse of Python < 3.13 has no
+    `deprecated`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import warnings
+
+        warnings.warn(f"{parser.prog}: {option_string} is now --{self.dest}; the old name goes in the next "
+                      f"release", DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_model_flag(parser: argparse.ArgumentParser, help: str, old_name: str | None = None) -> None:
+    """The required `--model DIR` flag, the one name every subcommand uses for the model it reads,
+    with `old_name` (e.g. export-hf's --workdir) still accepted as a hidden alias."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", metavar="DIR", help=help)
+    if old_name:
+        group.add_argument(old_name, dest="model", metavar="DIR", action=OldFlagName, help=argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where there is none to show (None, a store_true
+    flag's False) or the help text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    """The installed distribution's version (importlib.metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("bert_jax")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never pip-installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_tokenizer_parser(subparsers)
     _add_prepare_parser(subparsers)
@@ -281,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_parsers(subparsers)
     _add_demo_parser(subparsers)
     for command in subparsers.choices.values():
+        command.formatter_class = HelpFormatter
+        for action in command._actions:  # argparse formats no default for a flag without help text
+            if action.help is None and action.default not in (None, False):
+                action.help = "(default: %(default)s)"
         command.add_argument("--debug", action="store_true",
                              help="show the Python traceback of an error (or set BERT_JAX_DEBUG=1)")
     return parser

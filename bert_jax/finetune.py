@@ -21,11 +21,12 @@ import numpy as np
 import optax
 import tensorflow as tf
 
-from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, sharding, tokenizer as tokenizer_lib
+from bert_jax import cpu_tuning, finetune_data, fs, metrics_log, pretrained, progress, sharding
+from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.config_validation import validate_finetuning
 from bert_jax.default_config import finetune_config
-from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch, read_table
+from bert_jax.finetune_data import Examples, batch_indices, encode, host_batch
 from bert_jax.model import BertConfig, BertModel, Dense
 from bert_jax.optim import make_optimizer
 from bert_jax.preemption import Preemption
@@ -165,25 +166,33 @@ def _patience_spent(history: list[dict], patience: int) -> bool:
     return bool(history) and history[-1]["epoch"] - _best(history)["epoch"] >= patience
 
 
-def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_column: str, label_column: str,
-             pair_column: str | None = None, config: ml_collections.ConfigDict | None = None,
-             labels: list[str] | None = None, skip_bad_rows: bool = False) -> dict:
+def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: str = "text",
+             label_column: str = "label", pair_column: str | None = None,
+             config: ml_collections.ConfigDict | None = None, labels: list | None = None,
+             skip_bad_rows: bool = False) -> dict:
     """Fine-tunes the encoder of `init_dir` (a pretraining workdir or a Hugging Face directory),
     resuming from `workdir`'s checkpoints if any, and saves the best epoch by eval accuracy.
 
-    `labels` declares the label set (else: the training file's labels); `skip_bad_rows` skips
-    and counts malformed rows instead of stopping at the first (see `finetune_data.read_table`).
+    `train_file` and `eval_file` are each a .tsv/.csv/.jsonl path or Python data (a pandas
+    DataFrame, a `datasets.Dataset`, a dict of column lists such as {"text": [...], "label":
+    [...]}, or a list of row dicts; see `finetune_data.load_table`). Labels keep their type: int
+    labels come back as ints in `labels` and from `Classifier.predict`.
+    `labels` declares the label set (else: the training data's labels, sorted); `skip_bad_rows`
+    skips and counts malformed rows instead of stopping at the first (see `finetune_data.read_table`).
     The settings, both tables and the labels are checked before the model is loaded.
     Returns the best epoch's metrics, the per-epoch history, the label names, truncation and
     skipped-row counts."""
-    init_dir, train_file, eval_file, workdir = map(fs.absolute, (init_dir, train_file, eval_file, workdir))
+    train_file, eval_file = (fs.absolute(os.fspath(d)) if isinstance(d, (str, os.PathLike)) else d
+                             for d in (train_file, eval_file))
+    init_dir, workdir = map(fs.absolute, (init_dir, workdir))
     fs.checkpoint_directory(workdir)
     config = config or finetune_config()
     train_cfg = config.train
     validate_finetuning(config)  # every numeric field and its type, named with its flag where it has one
     columns = [text_column] + ([pair_column] if pair_column else [])
-    tables = {split: read_table(path, columns, label_column, skip_bad_rows)
-              for split, path in (("train", train_file), ("eval", eval_file))}
+    tables = {split: finetune_data.load_table(source, columns, label_column, skip_bad_rows, split)
+              for split, source in (("train", train_file), ("eval", eval_file))}
+    train_file, eval_file = tables["train"].path, tables["eval"].path  # file paths, or names of the data
     labels = finetune_data.label_names(tables["train"], label_column, labels)
     finetune_data.check_labels(tables["eval"], label_column, labels)
     base = pretrained.load(init_dir)
@@ -208,9 +217,11 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
     state, rng, history = _restore_or_init(run, checkpointer, base, config, labels, num_steps)
     step = int(state.step)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, start_step=step)
-    if is_main:
+    if is_main:  # before the logger, which records config.json in TensorBoard
         _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
+    bar = progress.progress_bar(num_steps, "step", is_main, initial=step, desc="fine-tune")
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=step)
+    unreported = 0  # steps run since the bar last moved
     preemption, order = Preemption(), None
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -221,6 +232,7 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
                 state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
                 checkpointer.check()
                 step += 1
+                unreported += 1
                 epoch_end = step % steps_per_epoch == 0
                 if step % train_cfg.log_every == 0 or epoch_end:
                     metrics = _train_metrics(jax.device_get(state.metrics))
@@ -228,6 +240,8 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
                         raise FloatingPointError(f"non-finite fine-tuning loss at step {step}; lower "
                                                  f"--learning-rate. Checkpoints and the best model are kept")
                     state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
+                    bar.update(unreported)  # device_get waited for these steps: the bar counts finished ones
+                    unreported = 0
                     logger.write(step, metrics)
                 if epoch_end:
                     scores = evaluate(run, state.params, evaluation, train_cfg.global_batch_size)
@@ -246,6 +260,7 @@ def finetune(init_dir: str, train_file: str, eval_file: str, workdir: str, text_
                               flush=True)
                     return result | {"best": _best(history), "history": history, "preempted": True}
     finally:
+        bar.close()
         preemption.restore()
         checkpointer.close()
     if is_main and history:
@@ -292,7 +307,7 @@ def _save_best(workdir, run, params, model_config, labels, max_length, pairs, to
 
 
 class Classifier:
-    """A saved fine-tuned model: `predict(texts, pairs=None)` -> (label names, probabilities)."""
+    """A saved fine-tuned model: `predict(texts, pairs=None)` -> (labels, probabilities)."""
 
     def __init__(self, workdir: str):
         workdir = fs.absolute(workdir)
@@ -310,7 +325,8 @@ class Classifier:
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 64
                 ) -> tuple[list[str], np.ndarray]:
-        """Label names and [len(texts), labels] probabilities."""
+        """The predicted labels (in the type the training data had: int labels are ints) and float32
+        probabilities [len(texts), number of labels], columns in the order of `self.labels`."""
         rows = [{"text": t, "pair": p} for t, p in zip(texts, pairs or [""] * len(texts))]
         examples = encode(rows, self.tokenizer, "text", "pair" if self.pairs else None, self.max_length, None, None)
         out = [np.asarray(self._apply(self.params, examples.input_ids[i:i + batch_size],

@@ -52,13 +52,21 @@ def read_table(path: str, columns: list[str], label_column: str | None = None,
     with input_files.open_corpus(path) as raw:
         # newline="\n": a bare \r inside a text is not a line end
         records = list(_records(path, io.TextIOWrapper(raw, encoding="utf-8", newline="\n")))
+    return _table(path, records, columns, label_column, skip_bad_rows, "line",
+                  "fix the row, or skip such rows with --skip-bad-rows")
+
+
+def _table(name: str, records: list, columns: list[str], label_column: str | None, skip_bad_rows: bool,
+           unit: str, hint: str) -> Table:
+    """The Table of (line or row number, row or None, problem or None) records: unknown columns,
+    then each row's problem, raise a ValueError naming `name` and the `unit` ('line' or 'row')."""
     good = [row for _, row, problem in records if problem is None]
     if not good:
-        raise ValueError(f"{path}: no rows")
+        raise ValueError(f"{name}: no rows")
     missing = [c for c in dict.fromkeys(columns) if all(c not in row for row in good)]
     if missing:
-        raise ValueError(f"{path}: unknown column(s) {missing}; the file has {sorted(good[0])}")
-    table = Table(path, [], [])
+        raise ValueError(f"{name}: unknown column(s) {missing}; it has {sorted(good[0])}")
+    table = Table(name, [], [])
     for line, row, problem in records:
         problem = problem or _row_problem(row, columns, label_column)
         if not problem:
@@ -67,8 +75,42 @@ def read_table(path: str, columns: list[str], label_column: str | None = None,
         elif skip_bad_rows:
             table.skipped += 1
         else:
-            raise ValueError(f"{path}: line {line}: {problem}; fix the row, or skip such rows with --skip-bad-rows")
+            raise ValueError(f"{name}: {unit} {line}: {problem}; {hint}")
     return table
+
+
+def load_table(source, columns: list[str], label_column: str | None = None, skip_bad_rows: bool = False,
+               name: str = "data") -> Table:
+    """Rows of a file path (`read_table`) or of Python data: a pandas DataFrame, a Hugging Face
+    `datasets.Dataset`, a mapping of column name -> list of values (one per row), or a list of row
+    dicts. Values keep their types (int labels stay int; numpy scalars become Python ones). Rows of
+    Python data are checked as a file's rows are (unknown columns, missing values, empty labels);
+    errors name `name` (e.g. 'train') and the 1-based row."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_table(os.fspath(source), columns, label_column, skip_bad_rows)
+    label = f"{name} data ({type(source).__name__})"
+    records = [(number, row, None) for number, row in enumerate(_python_rows(source, label), 1)]
+    return _table(label, records, columns + ([label_column] if label_column else []), label_column,
+                  skip_bad_rows, "row", "fix the row, or pass skip_bad_rows=True")
+
+
+def _python_rows(source, label: str) -> list[dict]:
+    """Row dicts of a DataFrame, a datasets.Dataset, a mapping of columns or a list of dicts."""
+    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas.DataFrame
+        rows = source.to_dict("records")
+    elif hasattr(source, "to_list") and hasattr(source, "column_names"):  # datasets.Dataset
+        rows = source.to_list()
+    elif isinstance(source, dict):
+        lengths = {column: len(values) for column, values in source.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{label}: columns of different lengths {lengths}")
+        rows = [dict(zip(source, values)) for values in zip(*source.values())]
+    elif isinstance(source, (list, tuple)) and all(isinstance(row, dict) for row in source):
+        rows = list(source)
+    else:
+        raise TypeError(f"{label}: expected a file path, a DataFrame, a datasets.Dataset, a dict of columns "
+                        f"or a list of row dicts")
+    return [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in rows]
 
 
 def _row_problem(row: dict, columns: list[str], label_column: str | None) -> str | None:
@@ -113,21 +155,27 @@ def _records(path: str, f) -> Iterator[tuple[int, dict | None, str | None]]:
             yield line, dict(zip(header, fields)), None
 
 
-def label_names(table: Table, label_column: str, declared: list[str] | None = None) -> list[str]:
+def label_names(table: Table, label_column: str, declared: list | None = None) -> list:
     """The label set of a training table: `declared` (in its order) or the sorted labels found.
-    A label outside `declared` (naming the line) and fewer than two labels are ValueErrors."""
-    found = sorted({str(row[label_column]) for row in table.rows})
+    Labels keep the table's types (int labels stay int; a declared '1' names the found 1: labels
+    are matched by their text). A label outside `declared` (naming the line) and fewer than two
+    labels are ValueErrors."""
+    found = {}
+    for row in table.rows:
+        found.setdefault(str(row[label_column]), row[label_column])
     if declared:
         check_labels(table, label_column, declared)
     if len(found) < 2:
-        raise ValueError(f"{table.path}: every row has the label {found[0]!r} (column '{label_column}'); "
-                         f"a classifier needs at least two labels")
-    return list(declared) if declared else found
+        raise ValueError(f"{table.path}: every row has the label {next(iter(found))!r} (column "
+                         f"'{label_column}'); a classifier needs at least two labels")
+    if declared:
+        return [found.get(str(name), name) for name in declared]
+    return sorted(found.values(), key=lambda v: (isinstance(v, str), v))
 
 
-def check_labels(table: Table, label_column: str, labels: list[str]) -> None:
-    """ValueError naming the file and line of the first label that is not in `labels`."""
-    known = set(labels)
+def check_labels(table: Table, label_column: str, labels: list) -> None:
+    """ValueError naming the file and line of the first label that is not in `labels` (by text)."""
+    known = {str(name) for name in labels}
     for row, line in zip(table.rows, table.lines):
         if str(row[label_column]) not in known:
             raise ValueError(f"{table.path}: line {line}: label {str(row[label_column])!r} is not one of "
@@ -156,7 +204,7 @@ def encode(rows, tok: tokenizer_lib.Tokenizer, text_column: str, pair_column: st
         segments[i, len(a) + 2:len(row)] = 1
     label_ids = np.zeros(n, np.int32)
     if label_column:
-        index = {name: k for k, name in enumerate(labels)}
+        index = {str(name): k for k, name in enumerate(labels)}
         for i, r in enumerate(rows):
             name = str(r[label_column])
             if name not in index:

@@ -48,13 +48,24 @@ class MetricsLogger:
             kept = [row for row in read_metrics(workdir) if row["step"] <= start_step]
             self.writer = _fresh_event_writer(os.path.join(workdir, "tensorboard"))
             _rewrite_rows(self.path, kept)
+            self._write_config(os.path.join(workdir, "config.json"))
             for row in kept:
                 self._write_events(row["step"], {k: v for k, v in row.items() if k != "step"})
 
+    def _write_config(self, path: str) -> None:
+        """The run's resolved config.json (when written) as a TensorBoard text summary 'config'."""
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f, self.writer.as_default(step=0):
+                tf.summary.text("config", f"```json\n{f.read()}\n```")  # markdown: a code block
+
     def _write_events(self, step: int, metrics: dict[str, float]) -> None:
+        """Scalars as `simple_value` Summary protos (TF1 style), which TensorBoard's UI and
+        `EventAccumulator.Scalars()` both read; `tf.summary.scalar` writes tensor summaries that
+        `.Scalars()` does not list."""
+        summary = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=name, simple_value=float(value))
+                                              for name, value in metrics.items()])
         with self.writer.as_default(step=step):
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value)
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -120,27 +131,52 @@ def read_metrics(workdir: str) -> list[dict]:
     return rows
 
 
+def curves_title(workdir: str) -> str:
+    """'RUN: L=.. H=.. A=.., data DATA' from the workdir's config.json (the run name alone without one)."""
+    title = os.path.basename(os.path.normpath(workdir))
+    path = os.path.join(workdir, "config.json")
+    if not tf.io.gfile.exists(path):
+        return title
+    with tf.io.gfile.GFile(path) as f:
+        config = json.load(f)
+    model = config.get("model") or {}
+    if {"num_layers", "hidden_size", "num_heads"} <= set(model):
+        title += f": L={model['num_layers']} H={model['hidden_size']} A={model['num_heads']}"
+    data = config.get("data_dir") or config.get("train_file")
+    return title + (f", data {data}" if data else "")
+
+
 def plot_curves(workdir: str, curves=CURVES) -> str:
     """Draws train and eval `curves` ((metric, title) pairs; default MLM/NSP loss and accuracy)
-    against steps into `curves.png`."""
+    against steps, plus the learning rate, into `curves.png`, titled by `curves_title`. Eval points
+    are drawn as markers, and marked on the learning-rate panel too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(workdir)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax in axes.flat[len(curves):]:
+    panels = list(curves) + [("learning_rate", "learning rate")]
+    columns = 3
+    fig, axes = plt.subplots(-(-len(panels) // columns), columns, figsize=(14, 7), squeeze=False)
+    for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (name, title) in zip(axes.flat, curves):
+    eval_steps = sorted({r["step"] for r in rows if any(k.startswith("eval/") for k in r)})
+    for ax, (name, title) in zip(axes.flat, panels):
         for prefix, style in (("train", "-"), ("eval", "o-")):
             points = [(r["step"], r[f"{prefix}/{name}"]) for r in rows if f"{prefix}/{name}" in r]
             if points:
                 ax.plot(*zip(*points), style, label=prefix, markersize=4)
+        if name == "learning_rate":
+            for step in eval_steps:
+                ax.axvline(step, color="tab:orange", alpha=0.4, linestyle=":")
+            ax.plot([], [], color="tab:orange", linestyle=":", label="eval")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(curves_title(workdir))
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")
     with tf.io.gfile.GFile(path, "wb") as f:

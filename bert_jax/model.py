@@ -290,7 +290,8 @@ class EncoderLayer(nn.Module):
     """Post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)), as in the original BERT."""
 
     config: BertConfig
-    scanned: bool = False  # return (x, None), the carry signature that nn.scan expects
+    scanned: bool = False  # return (x, y), the carry signature that nn.scan expects
+    collect: bool = False  # when scanned: y = x (every layer's output), else None
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
@@ -313,7 +314,9 @@ class EncoderLayer(nn.Module):
         h = _dense(c, c.hidden_size, ("mlp", "embed"), "output")(h)
         h = nn.Dropout(c.hidden_dropout)(h, deterministic=deterministic)
         x = _constrain(_layer_norm(c, "output_norm")(x + h))
-        return (x, None) if self.scanned else x
+        if self.scanned:  # the carry signature nn.scan expects; the output stacks every layer's x
+            return x, (x if self.collect else None)
+        return x
 
 
 class Encoder(nn.Module):
@@ -322,22 +325,43 @@ class Encoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, output_hidden_states: bool = False):
+        """x [B, S, H] -> the last layer's output [B, S, H], or with `output_hidden_states` a pair
+        (last output, tuple of the `num_layers` layer outputs, each [B, S, H])."""
         c = self.config
         layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if c.remat else EncoderLayer
         if c.scan_layers:
             scanned = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
                               metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = scanned(c, scanned=True, name="layers")(x, mask, deterministic)
-            return x
+            x, stacked = scanned(c, scanned=True, collect=output_hidden_states, name="layers")(x, mask, deterministic)
+            return (x, tuple(stacked)) if output_hidden_states else x
+        outputs = []
         for i in range(c.num_layers):
             x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic)
-        return x
+            outputs.append(x)
+        return (x, tuple(outputs)) if output_hidden_states else x
+
+
+def _one_mask(input_mask, attention_mask):
+    """The padding mask given under either name (ours, or transformers' `attention_mask`)."""
+    if input_mask is not None and attention_mask is not None:
+        raise TypeError("pass the padding mask once: input_mask or attention_mask, not both")
+    return attention_mask if input_mask is None else input_mask
 
 
 class BertModel(nn.Module):
-    """The BERT encoder: returns (sequence_output [B, S, H], pooled_output [B, H])."""
+    """The BERT encoder.
+
+    Call with `input_ids` int [B, S] and optionally the padding mask [B, S] (1 = real token, 0 =
+    padding; positional, `input_mask=` or transformers' `attention_mask=`; all ones when omitted)
+    and `token_type_ids` int [B, S] (segment 0/1; zeros when omitted), so `model.apply(variables,
+    **tokenized)` works with the arrays a tokenizer returns. Returns (sequence_output [B, S, H],
+    pooled_output [B, H]) in the compute dtype; with `output_hidden_states=True` a third element,
+    a tuple of num_layers + 1 arrays [B, S, H]: the embedding output, then each layer's output (as
+    transformers' `hidden_states`). Raises ValueError when S exceeds max_position_embeddings and
+    TypeError when the mask is given twice.
+    """
 
     config: BertConfig
 
@@ -346,16 +370,21 @@ class BertModel(nn.Module):
         self.encoder = Encoder(self.config)
         self.pooler = _dense(self.config, self.config.hidden_size, ("embed", "embed_out"), "pooler")
 
-    def __call__(self, input_ids, input_mask=None, token_type_ids=None, deterministic: bool = True):
+    def __call__(self, input_ids, input_mask=None, token_type_ids=None, deterministic: bool = True, *,
+                 attention_mask=None, output_hidden_states: bool = False):
         self.config.check_sequence_length(input_ids.shape[1])
+        input_mask = _one_mask(input_mask, attention_mask)
         if input_mask is None:
             input_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, deterministic)
         mask = input_mask.astype(bool)[:, None, None, :]
-        sequence_output = self.encoder(x, mask, deterministic)
+        encoded = self.encoder(x, mask, deterministic, output_hidden_states)
+        sequence_output, layers = encoded if output_hidden_states else (encoded, ())
         pooled_output = jnp.tanh(self.pooler(sequence_output[:, 0]))
+        if output_hidden_states:
+            return sequence_output, pooled_output, (x,) + layers
         return sequence_output, pooled_output
 
 
@@ -388,8 +417,10 @@ class BertForPreTraining(nn.Module):
         self.nsp = _dense(c, 2, ("embed", None), "nsp")
 
     def __call__(self, input_ids, input_mask=None, token_type_ids=None, masked_lm_positions=None,
-                 deterministic: bool = True):
-        sequence_output, pooled_output = self.bert(input_ids, input_mask, token_type_ids, deterministic)
+                 deterministic: bool = True, *, attention_mask=None):
+        """Arguments as `BertModel`'s (the mask also as `attention_mask=`) plus `masked_lm_positions`."""
+        sequence_output, pooled_output = self.bert(input_ids, _one_mask(input_mask, attention_mask),
+                                                   token_type_ids, deterministic)
         if masked_lm_positions is not None:
             sequence_output = gather_positions(sequence_output, masked_lm_positions)
         h = self.mlm_norm(nn.gelu(self.mlm_transform(sequence_output), approximate=False))

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import sys
 from typing import Sequence
 
 from bert_jax import fs, normalization
@@ -43,23 +44,33 @@ class _VocabSizeError(Exception):
         self.too_small, self.bound = too_small, bound
 
 
-def _sample_sentences(inputs: list[str], size: int, seed: int, stats) -> list[str]:
-    """Reservoir sample of `size` sentences over the whole corpus (bounded memory)."""
+def _sample_sentences(inputs: list[str], size: int, seed: int, stats, progress: bool = False) -> list[str]:
+    """Reservoir sample of `size` sentences over the whole corpus (bounded memory); `progress`
+    shows a bar of the documents read."""
     from bert_jax.corpus import read_documents
+    from bert_jax.progress import progress_bar
 
     rng = random.Random(seed)
     sample: list[str] = []
     seen = 0
-    for document in read_documents(inputs, stats):
-        for sentence in document:
-            seen += 1
-            if len(sample) < size:
-                sample.append(sentence)
-            else:
-                j = rng.randrange(seen)
-                if j < size:
-                    sample[j] = sentence
+    with progress_bar(None, "doc", progress, desc="reading the corpus") as bar:
+        for document in read_documents(inputs, stats):
+            bar.update()
+            seen = _reservoir_add(sample, document, seen, size, rng)
     return sample
+
+
+def _reservoir_add(sample: list[str], document: list[str], seen: int, size: int, rng: random.Random) -> int:
+    """Adds the sentences of `document` to the reservoir `sample`; returns the sentences seen."""
+    for sentence in document:
+        seen += 1
+        if len(sample) < size:
+            sample.append(sentence)
+        else:
+            j = rng.randrange(seen)
+            if j < size:
+                sample[j] = sentence
+    return seen
 
 
 def _sentencepiece_proto(sentences: list[str], vocab_size: int, model_type: str, character_coverage: float,
@@ -244,12 +255,13 @@ def _save(tokenizer, path: str) -> None:
 
 def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_type: str = "unigram",
           character_coverage: float = 0.9995, input_sentence_size: int = 2_000_000,
-          lowercase: bool = False, seed: int = 0) -> Tokenizer:
+          lowercase: bool = False, seed: int = 0, progress: bool = False) -> Tokenizer:
     """Trains a tokenizer on raw text (plain text, JSON lines or tfds:) and writes `output`.
 
     A reservoir sample of `input_sentence_size` sentences bounds memory on huge corpora.
     The directory is written under a temporary name and renamed when complete (uploaded with
-    its settings file last when `output` is a URL).
+    its settings file last when `output` is a URL). `progress` shows a bar while the corpus is read
+    and a line when the model training starts.
     """
     from bert_jax.corpus import CorpusStats, expand_inputs
 
@@ -265,9 +277,12 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
                                  lowercase, seed, files)
     stats = CorpusStats()
     with fs.staged_output(output, SETTINGS_FILE, "a tokenizer") as staging:
-        sentences = _sample_sentences(files, input_sentence_size, seed, stats)
+        sentences = _sample_sentences(files, input_sentence_size, seed, stats, progress)
         if not sentences:
             raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
+        if progress:
+            print(f"training a {vocab_size}-token {model_type} model on {len(sentences)} sentences",
+                  file=sys.stderr, flush=True)
         if model_type == "wordpiece":
             tokenizer = _train_wordpiece(sentences, settings, staging)
         else:

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tqdm
 
-from bert_jax import cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, run_checks, sharding
+from bert_jax import (cpu_tuning, flops, fs, hf, hf_weights, input_pipeline, metrics_log, progress, run_checks,
+                      sharding)
 from bert_jax import tokenizer as tokenizer_lib
 from bert_jax.checkpoint import Checkpointer
 from bert_jax.config_validation import validate_pretraining
@@ -114,13 +114,18 @@ def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
     per_host = (config.data.eval_batch_size or config.train.global_batch_size) // jax.process_count()
     count = input_pipeline.eval_batch_count(run.metadata, per_host, jax.process_count(), config.train.eval_steps)
     totals = zero_metrics(SUM_KEYS)
-    with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    bar = progress.progress_bar(count, "batch", jax.process_index() == 0, desc="eval", leave=False)
+    with bar, jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         for batch in input_pipeline.eval_batches(data_dir, run.metadata, per_host, count,
                                                  seed=config.train.seed, mask_prob=config.data.mask_prob,
                                                  process_index=jax.process_index(),
                                                  process_count=jax.process_count()):
+            previous = totals
             totals = jax.tree.map(jnp.add, totals, run.eval_step(params, sharding.global_batch(batch, run.mesh)))
-    return metrics_log.normalize(jax.device_get(totals), "eval")
+            jax.block_until_ready(previous)  # the batch before this one has finished (one stays in flight)
+            bar.update()
+        totals = jax.device_get(totals)
+    return metrics_log.normalize(totals, "eval")
 
 
 ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -225,8 +230,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
             state = state.replace(params=jax.device_put(params, run.state_shardings.params))
     start = int(state.step)
     is_main = jax.process_index() == 0
-    bar = tqdm.tqdm(total=train.num_steps, initial=start, disable=not is_main, unit="step",
-                    mininterval=2.0, dynamic_ncols=True)
+    bar = progress.progress_bar(train.num_steps, "step", is_main, initial=start)
     logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=start)
     per_host = train.global_batch_size // jax.process_count()
     batches = input_pipeline.train_batches(
@@ -249,7 +253,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
                 state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
                 checkpointer.check()
                 window_steps += 1
-                bar.update()
                 preempted = preemption.check(step)
                 final = step == train.num_steps
                 if step % train.log_every == 0 or final:
@@ -260,6 +263,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
                         window_steps, elapsed, train.global_batch_size * seq, train.global_batch_size,
                         step_flops, peak, jax.device_count())
                     state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
+                    bar.update(window_steps)  # device_get waited for these steps: the bar counts finished ones
                     logger.write(step, last)
                     window_start, window_steps = time.time(), 0
                 if (train.eval_every and step % train.eval_every == 0 or final) and _has_eval(metadata):

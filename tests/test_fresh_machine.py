@@ -100,8 +100,8 @@ def test_a_resumed_run_logs_every_step_once(relative_run):
 
     events = EventAccumulator(str(cwd / "run" / "tensorboard"))
     events.Reload()
-    assert [e.step for e in events.Tensors("train/mlm_loss")] == train_steps
-    assert [e.step for e in events.Tensors("eval/mlm_loss")] == [r["step"] for r in rows if "eval/mlm_loss" in r]
+    assert [e.step for e in events.Scalars("train/mlm_loss")] == train_steps
+    assert [e.step for e in events.Scalars("eval/mlm_loss")] == [r["step"] for r in rows if "eval/mlm_loss" in r]
 
 
 def test_packaged_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
