@@ -216,4 +216,9 @@ def load(directory: str) -> Tokenizer:
     return Tokenizer(directory)
 
 
-from bert_jax.tokenizer_training import train  # noqa: E402  (re-exported; it imports this module)
+
+def train(*args, **kwargs) -> Tokenizer:
+    """`bert_jax.tokenizer_training.train` (imported on call: that module imports this one)."""
+    from bert_jax import tokenizer_training
+
+    return tokenizer_training.train(*args, **kwargs)

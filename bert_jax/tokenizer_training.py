@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import sys
 from typing import Sequence
 
 from bert_jax import fs, normalization
@@ -280,9 +279,8 @@ def train(inputs: Sequence[str], output: str, vocab_size: int = 32000, model_typ
         sentences = _sample_sentences(files, input_sentence_size, seed, stats, progress)
         if not sentences:
             raise ValueError(f"--input {' '.join(inputs)}: the corpus holds no text")
-        if progress:
-            print(f"training a {vocab_size}-token {model_type} model on {len(sentences)} sentences",
-                  file=sys.stderr, flush=True)
+        if progress:  # on stdout: stderr holds only the bar and, on failure, the one-line error
+            print(f"training a {vocab_size}-token {model_type} model on {len(sentences)} sentences", flush=True)
         if model_type == "wordpiece":
             tokenizer = _train_wordpiece(sentences, settings, staging)
         else:

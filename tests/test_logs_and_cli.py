@@ -101,6 +101,6 @@ def test_train_tokenizer_shows_progress(tmp_path, korean_corpus, capsys, monkeyp
 
     documents = len([d for d in korean_corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()])
     tokenizer.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100, progress=True)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"reading the corpus: {documents}doc" in err
-    assert "training a 100-token unigram model on" in err
+    assert "training a 100-token unigram model on" in out
