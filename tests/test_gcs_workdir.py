@@ -70,6 +70,10 @@ def test_pretrain_and_resume_on_gcs_match_the_local_run(gcs_and_local_runs):
 def test_fill_mask_and_load_from_gcs_match_the_local_run(gcs_and_local_runs):
     (_, local_filled, local_model), (_, remote_filled, remote_model) = (gcs_and_local_runs["local"],
                                                                          gcs_and_local_runs["gcs"])
+    # one list per text, one list per [MASK] in it
+    remote_filled, local_filled = ([p for text in filled for mask in text for p in mask]
+                                   for filled in (remote_filled, local_filled))
+    assert len(remote_filled) > 0
     assert [p["token_str"] for p in remote_filled] == [p["token_str"] for p in local_filled]
     np.testing.assert_allclose([p["score"] for p in remote_filled], [p["score"] for p in local_filled], rtol=1e-5)
     assert remote_model.step == local_model.step == 6
