@@ -79,23 +79,11 @@ def read_json(path: str) -> dict:
     return values
 
 
-def load_tokenizer(directory: str) -> tokenizer_lib.Tokenizer:
-    """The tokenizer of `directory`, with a one-line ValueError naming tokenizer.json when the
-    `tokenizers` library cannot parse it."""
-    path = os.path.join(directory, "tokenizer.json")
-    try:
-        return tokenizer_lib.load(directory)
-    except (ValueError, FileNotFoundError):
-        raise
-    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
-        raise ValueError(f"{path}: not a valid tokenizer file ({str(error).splitlines()[0]})") from None
-
-
 def tokenizer_for(directory: str) -> tokenizer_lib.Tokenizer:
     """The directory's tokenizer, checked against config.json's vocabulary size."""
     if not os.path.exists(os.path.join(directory, "tokenizer.json")):
         raise FileNotFoundError(f"{directory}: no tokenizer.json; bert-jax needs the fast tokenizer file")
-    tok = load_tokenizer(directory)
+    tok = tokenizer_lib.load(directory)
     config = read_config(directory)
     if tok.vocab_size != config.vocab_size:
         raise ValueError(f"{directory}: the tokenizer has {tok.vocab_size} tokens but config.json says "

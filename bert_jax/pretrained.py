@@ -104,7 +104,7 @@ def load_workdir(workdir: str, sharding: jax.sharding.Sharding | None = None) ->
     check_workdir_tokenizer(workdir)
     config = _workdir_config(workdir)
     params, step = restore_params(os.path.join(workdir, "checkpoints"), config, sharding)
-    return Pretrained(config, params, hf.load_tokenizer(os.path.join(workdir, "tokenizer")), step)
+    return Pretrained(config, params, tokenizer_lib.load(os.path.join(workdir, "tokenizer")), step)
 
 
 def load(directory: str, sharding: jax.sharding.Sharding | None = None) -> Pretrained:
@@ -118,7 +118,7 @@ def load(directory: str, sharding: jax.sharding.Sharding | None = None) -> Pretr
     imported = hf.load_imported(directory)
     if imported is not None:
         config, state = imported
-        tok = hf.load_tokenizer(os.path.join(directory, "tokenizer"))
+        tok = tokenizer_lib.load(os.path.join(directory, "tokenizer"))
     elif fs.exists(os.path.join(directory, "config.json")):
         tok = hf.tokenizer_for(directory)
         config, state, _ = hf.read_hf_weights(directory)

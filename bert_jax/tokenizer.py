@@ -48,7 +48,10 @@ class Tokenizer:
             raise FileNotFoundError(f"{directory} is not a tokenizer directory: it lacks tokenizer.json "
                                     f"(make one with `bert-jax train-tokenizer`)")
         tokenizer_json = fs.read_bytes(path)  # from bytes: the directory may be remote
-        self._hf = HfTokenizer.from_str(tokenizer_json.decode("utf-8"))
+        try:
+            self._hf = HfTokenizer.from_str(tokenizer_json.decode("utf-8"))
+        except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"{path}: not a valid tokenizer file ({str(error).splitlines()[0]})") from None
         if fs.exists(settings_path):
             self.settings = json.loads(fs.read_text(settings_path))
         else:  # a Hugging Face tokenizer.json from elsewhere (e.g. an imported BERT)
