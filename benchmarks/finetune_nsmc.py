@@ -4,7 +4,7 @@ model from random initialisation, side by side.
     python benchmarks/finetune_nsmc.py [--pretrain-steps 1200] [--epochs 2]
 
 Uses ../shared/data/kowiki_docs_5MB.txt (pretraining) and nsmc_like_small_{train,test}.tsv
-(20,000 / 5,000 reviews). The model is the demo config (bert_jax/configs/demo.py, L2/H128) with an 8,000-token unigram
+(20,000 / 5,000 reviews). The model is the demo config (bert_jax/config/presets/demo.py, L2/H128) with an 8,000-token unigram
 tokenizer; pretraining runs `--pretrain-steps` steps of 32 x 128 on this CPU (its wall time is the
 budget reported); both runs then fine-tune with the same settings.
 """
@@ -21,11 +21,11 @@ SHARED = os.path.join(HERE, "..", "..", "shared", "data")
 
 
 def main() -> None:
-    from bert_jax import tokenizer
-    from bert_jax.default_config import demo_config, finetune_config
-    from bert_jax.finetune import finetune
-    from bert_jax.pretraining_data import DataSettings, prepare_data
-    from bert_jax.train import train_and_evaluate
+    from bert_jax.config.defaults import demo_config, finetune_config
+    from bert_jax.data import tokenizer_training
+    from bert_jax.data.pretraining_data import DataSettings, prepare_data
+    from bert_jax.training.finetune import finetune
+    from bert_jax.training.train import train_and_evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-steps", type=int, default=1200)
@@ -38,7 +38,7 @@ def main() -> None:
         if not os.path.exists(path):
             raise SystemExit(f"{path}: not found (../shared/data)")
     work = tempfile.mkdtemp(prefix="bench-nsmc-")
-    tokenizer.train([corpus], f"{work}/tok", vocab_size=8000)
+    tokenizer_training.train([corpus], f"{work}/tok", vocab_size=8000)
     prepare_data([corpus], f"{work}/tok", f"{work}/data", DataSettings(eval_fraction=0.02), workers=2, progress=False)
     config = demo_config()
     config.train.update(num_steps=args.pretrain_steps, eval_every=0, log_every=100)

@@ -1,2 +1,0 @@
-"""Packaged experiment configs: `--config NAME` runs `get_config()` of `bert_jax/configs/NAME.py`
-(tiny, mini, small, medium, base, large: the original BERT family; demo: the demo's model)."""
