@@ -24,8 +24,8 @@ def main() -> None:
     from bert_jax.config.defaults import demo_config, finetune_config
     from bert_jax.data import tokenizer_training
     from bert_jax.data.pretraining_data import DataSettings, prepare_data
-    from bert_jax.training.finetune import finetune
-    from bert_jax.training.train import train_and_evaluate
+    from bert_jax.tasks.classification import finetune
+    from bert_jax.tasks.pretraining import train_and_evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-steps", type=int, default=1200)

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from bert_jax.data import input_pipeline
-from bert_jax.data.pretraining_data import load_metadata
+from bert_jax.data.spec import DataSpec
 from bert_jax.training import cpu_tuning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +39,7 @@ def main() -> None:
                     "--vocab-size", "32000"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["bert-jax", "prepare-data", "--input", args.corpus, "--tokenizer", f"{work}/tok",
                     "--output", f"{work}/data", "--num-shards", "4", "--quiet"], check=True, stdout=subprocess.DEVNULL)
-    metadata = load_metadata(f"{work}/data")
+    metadata = DataSpec.read(f"{work}/data")
     batches = input_pipeline.train_batches(f"{work}/data", metadata, args.batch_size, args.batches + 10, seed=0,
                                            mask_prob=0.15, shuffle_buffer=10_000)
     for _ in range(10):  # warm-up: file opening, first shuffle block

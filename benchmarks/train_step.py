@@ -38,10 +38,11 @@ import numpy as np
 
 from bert_jax.config.defaults import bert_config
 from bert_jax.data.masking import MaskingConfig, mask_batch
+from bert_jax.data.spec import DataSpec
 from bert_jax.models import flops
 from bert_jax.training import cpu_tuning
 from bert_jax.training.sharding import global_batch
-from bert_jax.training.train import setup
+from bert_jax.tasks.pretraining import setup
 
 CONFIGS = {  # name: (layers, hidden, batch on CPU, batch on GPU/TPU)
     "tiny": (2, 128, 8, 8),  # smoke runs of every code path
@@ -52,21 +53,25 @@ CONFIGS = {  # name: (layers, hidden, batch on CPU, batch on GPU/TPU)
 DEFAULT_CONFIGS = {"cpu": ["mini", "base"], "gpu": ["base", "large"], "tpu": ["base", "large"]}
 JAX_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 VOCAB, SEQ, PREDICTIONS = 32000, 128, 20
+SPEC = DataSpec.synthetic(VOCAB, SEQ, PREDICTIONS)  # the data both steps see
 
 
 def make_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids, the masking rule applied, NSP labels; full padding-free sequences."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(5, VOCAB, (batch, SEQ)).astype(np.int32)
-    ids[:, 0], ids[:, SEQ // 2], ids[:, -1] = 2, 3, 3
+    special = SPEC.special_ids
+    ids = rng.integers(len(special), VOCAB, (batch, SEQ)).astype(np.int32)
+    ids[:, 0], ids[:, SEQ // 2], ids[:, -1] = special["[CLS]"], special["[SEP]"], special["[SEP]"]
     masked = mask_batch(ids, np.ones_like(ids, bool), np.ones_like(ids, bool), rng,
-                        MaskingConfig(0.15, PREDICTIONS, VOCAB, 4, (0, 1, 2, 3, 4)))
-    segments = (np.arange(SEQ)[None, :] > SEQ // 2).astype(np.int32).repeat(batch, 0)
-    return {"input_ids": masked["input_ids"], "input_mask": np.ones_like(ids), "segment_ids": segments,
-            "masked_lm_positions": masked["masked_lm_positions"], "masked_lm_ids": masked["masked_lm_ids"],
-            "masked_lm_weights": masked["masked_lm_weights"],
-            "next_sentence_labels": rng.integers(0, 2, batch).astype(np.int32),
-            "example_weights": np.ones(batch, np.float32)}
+                        MaskingConfig(0.15, PREDICTIONS, VOCAB, special["[MASK]"], tuple(sorted(special.values()))))
+    out = SPEC.batch_spec().zeros(batch)
+    out.update({k: masked[k] for k in ("input_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")})
+    out["input_mask"][:] = 1
+    out["segment_ids"][:, SEQ // 2 + 1:] = 1
+    out["next_sentence_labels"][:] = rng.integers(0, 2, batch)
+    out["example_weights"][:] = 1
+    SPEC.batch_spec().check(out)
+    return out
 
 
 def _median_seconds(step, warmup: int, steps: int) -> float:
@@ -98,12 +103,9 @@ def our_step(layers: int, hidden: int, batch: dict, dtype: str = "auto"):
     """(step function that runs one jitted train step to completion, the compiled Run)."""
     config = bert_config(num_layers=layers, hidden_size=hidden, vocab_size=VOCAB, dtype=dtype,
                          hidden_dropout=0.1, attention_dropout=0.0)
-    config.data.update(max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS)
     config.train.update(global_batch_size=len(batch["input_ids"]), num_steps=1000)
     config.optim.update(warmup_steps=10)
-    metadata = {"vocab_size": VOCAB, "max_seq_length": SEQ, "max_predictions_per_seq": PREDICTIONS,
-                "pair_task": "nsp"}
-    run = setup(config, metadata)
+    run = setup(config, SPEC)
     state = {"s": run.init(jax.random.PRNGKey(0))}
     device_batch = global_batch(batch, run.mesh)
     rng = jax.random.PRNGKey(1)
@@ -240,8 +242,8 @@ def main() -> None:
             f"HF {peer}": reference_step(layers, hidden, batch, device, compiled=peer == "compile") for peer in peers}
         medians, ratios = alternate(steps_by_name, 2, steps)
         tokens = len(batch["input_ids"]) * SEQ
-        step_flops = len(batch["input_ids"]) * flops.train_flops_per_sequence(run.model, SEQ, PREDICTIONS)
-        label = f"{name} (L{layers}/H{hidden}, {jnp.dtype(run.model.compute_dtype).name})"
+        step_flops = len(batch["input_ids"]) * flops.train_flops_per_sequence(run.task.model, SEQ, PREDICTIONS)
+        label = f"{name} (L{layers}/H{hidden}, {jnp.dtype(run.task.model.compute_dtype).name})"
         for step_name, seconds in medians.items():
             ratio = f"{ratios[step_name]:.2f}x" if step_name in ratios else ""
             print(f"| {label} | {len(batch['input_ids'])} x {SEQ} | {step_name} | {1e3 * seconds:.1f} | "

@@ -20,7 +20,7 @@ import pkgutil as _pkgutil
 _EXPORTS = {"load": "bert_jax.inference.notebook", "Model": "bert_jax.inference.notebook",
             "BertConfig": "bert_jax.models.bert", "BertModel": "bert_jax.models.bert",
             "BertForPreTraining": "bert_jax.models.bert", "Pretrained": "bert_jax.inference.pretrained",
-            "Classifier": "bert_jax.training.finetune"}
+            "Classifier": "bert_jax.tasks.classification"}
 
 __all__ = sorted(_EXPORTS)
 

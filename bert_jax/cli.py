@@ -86,7 +86,7 @@ def _add_prepare_parser(subparsers) -> None:
 def _pretrain(args) -> None:
     from bert_jax.config.loading import load_config
     from bert_jax.training.distributed import maybe_initialize
-    from bert_jax.training.train import train_and_evaluate
+    from bert_jax.tasks.pretraining import train_and_evaluate
 
     maybe_initialize()
     config = load_config(args.config, args.overrides)
@@ -102,7 +102,7 @@ def jax_process_index() -> int:
 
 
 def _evaluate(args) -> None:
-    from bert_jax.training.train import evaluate_workdir
+    from bert_jax.tasks.pretraining import evaluate_workdir
 
     print(json.dumps(evaluate_workdir(args.workdir, args.data, args.eval_steps), indent=1))
 
@@ -188,7 +188,7 @@ def _finetune(args) -> None:
     from bert_jax.config.defaults import finetune_config
     from bert_jax.config.loading import apply_overrides
     from bert_jax.training.distributed import maybe_initialize
-    from bert_jax.training.finetune import finetune
+    from bert_jax.tasks.classification import finetune
 
     if (args.task == "pair-classification") != bool(args.text_pair_column):
         raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
@@ -208,7 +208,7 @@ def _finetune(args) -> None:
 
 def _predict(args) -> None:
     from bert_jax.data.finetune_data import read_table
-    from bert_jax.training.finetune import Classifier
+    from bert_jax.tasks.classification import Classifier
 
     classifier = Classifier(args.model)
     columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])

@@ -66,7 +66,7 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
     from bert_jax.data import tokenizer_training
     from bert_jax.data.pretraining_data import METADATA_FILE, DataSettings, prepare_data
     from bert_jax.inference import fill_mask, pretrained
-    from bert_jax.training.train import train_and_evaluate
+    from bert_jax.tasks.pretraining import train_and_evaluate
 
     workdir, corpus = fs.absolute(workdir), fs.absolute(corpus)
     os.makedirs(workdir, exist_ok=True)
@@ -84,9 +84,8 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
         config.optim.warmup_steps = min(config.optim.warmup_steps, num_steps // 10)
     data_dir = os.path.join(workdir, "data")
     if not os.path.exists(os.path.join(data_dir, METADATA_FILE)):
-        metadata = prepare_data([corpus], tokenizer_dir, data_dir, DataSettings(
-            max_seq_length=config.data.max_seq_length, dupe_factor=5, eval_fraction=0.1,
-            max_predictions_per_seq=config.data.max_predictions_per_seq, num_shards=2, docs_per_chunk=8),
+        metadata = prepare_data([corpus], tokenizer_dir, data_dir, DataSettings(  # 128 tokens, 20 predictions
+            dupe_factor=5, eval_fraction=0.1, num_shards=2, docs_per_chunk=8),
             workers=min(2, os.cpu_count() or 1), progress=False)
         print(f"[3/5] data: {metadata['splits']['train']['examples']} train / "
               f"{metadata['splits']['eval']['examples']} eval examples -> {data_dir}")

@@ -54,7 +54,7 @@ def sharded_workdirs(tmp_path_factory, korean_corpus, tokenizer_dir):
     from test_pretrain import tiny_config
 
     from bert_jax.data.pretraining_data import DataSettings, prepare_data
-    from bert_jax.training.train import train_and_evaluate
+    from bert_jax.tasks.pretraining import train_and_evaluate
 
     root = tmp_path_factory.mktemp("sharded")
     prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),

@@ -165,18 +165,16 @@ def scatters(hlo_text: str) -> list[tuple[str, tuple[int, ...], int]]:
 
 
 def _run(config: BertConfig):
-    from bert_jax.training.train import setup
+    from bert_jax.data.spec import DataSpec
+    from bert_jax.tasks.pretraining import setup
 
     experiment = bert_config(config.num_layers, config.hidden_size, **{
         f: getattr(config, f) for f in ("vocab_size", "max_position_embeddings", "hidden_dropout",
                                         "attention_dropout", "attention_impl", "dtype", "embedding_lookup", "num_heads",
                                         "intermediate_size")})
-    experiment.data.update(max_seq_length=SEQ, max_predictions_per_seq=PREDICTIONS)
     experiment.train.update(global_batch_size=BATCH, num_steps=10)
     experiment.optim.update(warmup_steps=2)
-    metadata = {"vocab_size": config.vocab_size, "max_seq_length": SEQ,
-                "max_predictions_per_seq": PREDICTIONS, "pair_task": "nsp"}
-    return setup(experiment, metadata)
+    return setup(experiment, DataSpec.synthetic(config.vocab_size, SEQ, PREDICTIONS))
 
 
 def _batch(run):
@@ -184,14 +182,15 @@ def _batch(run):
 
     rng = np.random.default_rng(0)
     ids, segments = _ids()
-    mask = np.ones_like(ids)
-    mask[1, 10:] = 0
-    host = {"input_ids": ids * mask, "input_mask": mask, "segment_ids": segments * mask,
-            "masked_lm_positions": np.tile(np.arange(1, 1 + PREDICTIONS, dtype=np.int32), (BATCH, 1)),
-            "masked_lm_ids": rng.integers(5, TINY.vocab_size, (BATCH, PREDICTIONS)).astype(np.int32),
-            "masked_lm_weights": np.ones((BATCH, PREDICTIONS), np.float32),
-            "next_sentence_labels": rng.integers(0, 2, BATCH).astype(np.int32),
-            "example_weights": np.ones(BATCH, np.float32)}
+    host = run.task.batch_spec.zeros(BATCH)  # keys, shapes and dtypes of the task's batches
+    host["input_mask"][:] = 1
+    host["input_mask"][1, 10:] = 0
+    host["input_ids"][:], host["segment_ids"][:] = ids * host["input_mask"], segments * host["input_mask"]
+    host["masked_lm_positions"][:] = np.arange(1, 1 + PREDICTIONS)
+    host["masked_lm_ids"][:] = rng.integers(5, TINY.vocab_size, (BATCH, PREDICTIONS))
+    host["masked_lm_weights"][:] = 1
+    host["next_sentence_labels"][:] = rng.integers(0, 2, BATCH)
+    host["example_weights"][:] = 1
     return global_batch(host, run.mesh)
 
 

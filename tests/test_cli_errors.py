@@ -8,7 +8,7 @@ from test_fresh_machine import PREPARE, TINY_CONFIG
 
 from bert_jax import cli
 from bert_jax.training.checkpoint import CheckpointSaveError
-from bert_jax.training.train import NonFiniteLossError
+from bert_jax.training.trainer import NonFiniteLossError
 
 
 def _raising(error):

@@ -17,6 +17,7 @@ from bert_jax.cli import main
 from bert_jax.data import input_pipeline, tokenizer, tokenizer_training
 from bert_jax.data.finetune_data import encode
 from bert_jax.data.pretraining_data import DataSettings, prepare_data
+from bert_jax.data.spec import DataSpec
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SIX_WORDS = ["서울은 한국의 역사 문화 경제 과학", "부산은 바다 마을 도시 사람 학생", "학교 도서관 정부 국회 법률 헌법"]
@@ -92,7 +93,7 @@ def dynamic_data(tmp_path_factory, specials_last):
     prepare_data([str(corpus)], specials_last.directory, str(root / "data"),
                  DataSettings(max_seq_length=32, pair_task="none", eval_fraction=0.25, num_shards=1),
                  progress=False)
-    return str(root / "data"), json.load(open(root / "data" / "metadata.json"))
+    return str(root / "data"), DataSpec.read(str(root / "data"))
 
 
 def test_dynamic_masking_pads_with_the_pad_id_and_predicts_real_tokens(dynamic_data, specials_last):
@@ -111,7 +112,7 @@ def test_dynamic_masking_pads_with_the_pad_id_and_predicts_real_tokens(dynamic_d
 
 def test_eval_padding_rows_hold_pad_ids(dynamic_data, specials_last):
     data_dir, metadata = dynamic_data
-    assert metadata["splits"]["eval"]["examples"] == 9
+    assert metadata.splits["eval"].examples == 9
     batches = list(input_pipeline.eval_batches(data_dir, metadata, 4, 4, seed=0, mask_prob=0.15))
     ids = np.concatenate([b["input_ids"] for b in batches])
     weights = np.concatenate([b["example_weights"] for b in batches])
@@ -346,7 +347,7 @@ def test_max_length_beyond_the_model_is_refused_before_encoding(tmp_path, hf_ini
 
     from bert_jax.config.defaults import finetune_config
     from bert_jax.inference import hf  # noqa: F401  (imported before tracing: the model loader)
-    from bert_jax.training.finetune import finetune
+    from bert_jax.tasks.classification import finetune
 
     train = _table(tmp_path / "train.tsv", _good_rows(400))
     config = finetune_config()

@@ -16,8 +16,8 @@ from bert_jax.cli import main
 from bert_jax.config.defaults import finetune_config
 from bert_jax.data.finetune_data import encode, read_table
 from bert_jax.inference import pretrained
-from bert_jax.training import finetune as finetune_lib
-from bert_jax.training.finetune import Classifier, finetune
+from bert_jax.tasks import classification as finetune_lib
+from bert_jax.tasks.classification import Classifier, finetune
 
 NOUNS = ["서울", "부산", "학교", "도서관", "정부", "국회", "시민", "역사", "문화", "바다", "도시", "마을"]
 
@@ -162,7 +162,7 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(setup_dirs, tmp_path, mon
     root = setup_dirs
     config = _config(epochs=2, checkpoint_every=1000)
     reference = _run(root, tmp_path / "reference", config)
-    original, calls = finetune_lib._global_batch, []
+    original, calls = finetune_lib._host_batch, []
 
     def batch_then_sigterm(*args):
         calls.append(1)
@@ -170,11 +170,11 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(setup_dirs, tmp_path, mon
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    monkeypatch.setattr(finetune_lib, "_global_batch", batch_then_sigterm)
+    monkeypatch.setattr(finetune_lib, "_host_batch", batch_then_sigterm)
     first = _run(root, tmp_path / "resumed", config)
     assert first["preempted"] and len(first["history"]) == 1
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    monkeypatch.setattr(finetune_lib, "_global_batch", original)
+    monkeypatch.setattr(finetune_lib, "_host_batch", original)
     second = _run(root, tmp_path / "resumed", config)
     assert second["history"] == reference["history"]
 

@@ -14,7 +14,7 @@ from test_pretrain import pretrain_tiny, tiny_config
 from bert_jax.cli import main
 from bert_jax.data.pretraining_data import DataSettings, prepare_data
 from bert_jax.inference import fill_mask, hf, pretrained
-from bert_jax.training.train import train_and_evaluate
+from bert_jax.tasks.pretraining import train_and_evaluate
 
 KOREAN = ["모든 국민은 [MASK] 앞에 평등하다.", "서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 
@@ -169,7 +169,7 @@ def test_fill_mask_cli_json(trained, capsys):
 
 def test_finetune_starts_from_a_hugging_face_directory_and_from_an_import(trained, tmp_path):
     from bert_jax.config.defaults import finetune_config
-    from bert_jax.training.finetune import Classifier, finetune
+    from bert_jax.tasks.classification import Classifier, finetune
 
     rows = [("서울은 한국의 역사이다.", "가"), ("조선의 장군이 바다에서 전쟁을 하였다.", "나")] * 8
     (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")

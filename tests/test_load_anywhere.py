@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 
 from bert_jax.cli import main
 from bert_jax.inference import fill_mask, pretrained
-from bert_jax.training import checkpoint, optim, train
+from bert_jax.training import checkpoint, optim, trainer
 
 TEXTS = ["서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 TRAINED_LENGTH, TABLE = 32, 64  # the sharded_workdirs fixture (conftest.py): data sequence length, position table
@@ -36,7 +36,7 @@ for name, workdir in job["workdirs"].items():
     result["fill_mask"][name] = json.loads(printed.getvalue())
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["export-hf", "--workdir", workdir, "--output", job["outputs"][name]]) == 0
-result["imported"] = [m for m in ("bert_jax.training.train", "bert_jax.training.train_step", "bert_jax.training.optim", "optax")
+result["imported"] = [m for m in ("bert_jax.training.trainer", "bert_jax.training.train_step", "bert_jax.training.optim", "optax")
                       if m in sys.modules]
 print(json.dumps(result, ensure_ascii=False))
 """
@@ -87,7 +87,7 @@ def test_loading_restores_parameters_only_onto_the_devices_asked_for(sharded_wor
     def refuse(*args, **kwargs):
         raise AssertionError("inference built part of the training setup")
 
-    monkeypatch.setattr(train, "setup", refuse)
+    monkeypatch.setattr(trainer, "setup", refuse)
     monkeypatch.setattr(optim, "make_optimizer", refuse)
     monkeypatch.setattr(checkpoint.Checkpointer, "restore", refuse)  # the whole train state's restore
     workdir = sharded_workdirs["fsdp8"]

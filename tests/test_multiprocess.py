@@ -13,10 +13,11 @@ import pytest
 from test_pretrain import tiny_config
 
 from bert_jax.data import input_pipeline
-from bert_jax.data.pretraining_data import DataSettings, load_metadata, prepare_data
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
+from bert_jax.data.spec import DataSpec
 from bert_jax.metrics_log import read_metrics
 from bert_jax.training.sharding import global_batch
-from bert_jax.training.train import setup
+from bert_jax.tasks.pretraining import setup
 
 STEPS = 4
 CONFIG_FILE = """
@@ -70,7 +71,7 @@ def _run_two_processes(tmp_path, data_dir):
 
 def _single_process_losses(data_dir):
     """One process, 8 devices, global batch = host 0's rows then host 1's rows."""
-    metadata = load_metadata(data_dir)
+    metadata = DataSpec.read(data_dir)
     run = setup(tiny_config(num_steps=STEPS), metadata)
     state = run.init(jax.random.fold_in(jax.random.PRNGKey(0), 1))
     hosts = [input_pipeline.train_batches(data_dir, metadata, 8, STEPS, seed=0, mask_prob=0.15, shuffle_buffer=64,
@@ -85,7 +86,7 @@ def _single_process_losses(data_dir):
 
 
 def test_two_processes_match_one_with_uneven_shards(tmp_path, uneven_data):
-    assert len(load_metadata(uneven_data)["splits"]["train"]["files"]) == 3  # host 0 reads 2, host 1 reads 1
+    assert len(DataSpec.read(uneven_data).splits["train"].files) == 3  # host 0 reads 2, host 1 reads 1
     outputs = _run_two_processes(tmp_path, uneven_data)
     rows = [r for r in read_metrics(str(tmp_path / "work")) if "train/mlm_loss" in r]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # logged once, by process 0

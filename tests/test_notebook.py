@@ -180,7 +180,7 @@ def test_quickstart_notebook_runs(hf_dir, model, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     import nbformat
 
-    from bert_jax.training.finetune import Classifier
+    from bert_jax.tasks.classification import Classifier
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.setenv("BERT_JAX_MODEL", hf_dir[0])

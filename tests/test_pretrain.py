@@ -12,10 +12,12 @@ import pytest
 from bert_jax.cli import main
 from bert_jax.config.defaults import bert_config
 from bert_jax.data import input_pipeline
-from bert_jax.data.pretraining_data import DataSettings, load_metadata, prepare_data
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
+from bert_jax.data.spec import DataSpec
 from bert_jax.metrics_log import read_metrics
 from bert_jax.training.sharding import global_batch
-from bert_jax.training.train import NonFiniteLossError, setup, train_and_evaluate
+from bert_jax.tasks.pretraining import setup, train_and_evaluate
+from bert_jax.training.trainer import NonFiniteLossError
 
 
 def tiny_config(**train):
@@ -117,7 +119,7 @@ def test_sigterm_saves_and_the_run_continues_as_if_uninterrupted(tmp_path, data_
 
 
 def test_gradient_accumulation_matches_one_big_step(data_dir):
-    metadata = load_metadata(data_dir)
+    metadata = DataSpec.read(data_dir)
     batch = next(input_pipeline.train_batches(data_dir, metadata, 16, 1, seed=0, mask_prob=0.15,
                                               shuffle_buffer=64))
     results = []
@@ -133,7 +135,7 @@ def test_gradient_accumulation_matches_one_big_step(data_dir):
 
 
 def test_pipeline_is_deterministic_and_resumable(data_dir):
-    metadata = load_metadata(data_dir)
+    metadata = DataSpec.read(data_dir)
     kwargs = dict(mask_prob=0.15, shuffle_buffer=64)
     a = list(input_pipeline.train_batches(data_dir, metadata, 64, 30, seed=0, **kwargs))
     b = list(input_pipeline.train_batches(data_dir, metadata, 64, 30, seed=0, **kwargs))
@@ -144,7 +146,7 @@ def test_pipeline_is_deterministic_and_resumable(data_dir):
     for x, y in zip(a[26:], resumed):
         assert all(np.array_equal(x[k], y[k]) for k in x)
     assert not np.array_equal(a[0]["input_ids"], other[0]["input_ids"])
-    assert metadata["splits"]["train"]["examples"] < 26 * 64  # the resumed run starts in epoch 2
+    assert metadata.splits["train"].examples < 26 * 64  # the resumed run starts in epoch 2
     assert all(x["input_ids"].shape == (64, 32) and x["masked_lm_weights"].shape == (64, 5) for x in a)
 
 
@@ -173,7 +175,7 @@ def test_missing_and_corrupt_shards_are_named(data_dir, tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2:len(raw) // 2 + 64] = b"\xff" * 64
     shard.write_bytes(bytes(raw))
-    metadata = load_metadata(str(broken))
+    metadata = DataSpec.read(str(broken))
     with pytest.raises(ValueError, match="corrupt shard .*train-00001-of-00002.tfrecord"):
         list(input_pipeline.train_batches(str(broken), metadata, 8, 200, seed=0, mask_prob=0.15,
                                           shuffle_buffer=8))
@@ -207,7 +209,7 @@ def test_cli_pretrain_and_evaluate(data_dir, reference_run, tmp_path, capsys):
 
 
 def test_train_step_compiles_once(data_dir):
-    metadata = load_metadata(data_dir)
+    metadata = DataSpec.read(data_dir)
     run = setup(tiny_config(), metadata)
     state = run.init(jax.random.PRNGKey(0))
     for batch in input_pipeline.train_batches(data_dir, metadata, 16, 3, seed=0, mask_prob=0.15, shuffle_buffer=64):

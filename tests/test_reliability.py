@@ -23,7 +23,7 @@ from bert_jax.config.validation import (FINETUNING, PRETRAINING, numeric_fields,
                                         validate_pretraining)
 from bert_jax.data.pretraining_data import DataSettings, prepare_data
 from bert_jax.metrics_log import read_metrics
-from bert_jax.training.train import train_and_evaluate
+from bert_jax.tasks.pretraining import train_and_evaluate
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 STEPS = 8

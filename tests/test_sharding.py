@@ -8,17 +8,17 @@ from jax.sharding import PartitionSpec as P
 from test_pretrain import data_dir, tiny_config  # noqa: F401  (the module's data fixture)
 
 from bert_jax.data import input_pipeline
-from bert_jax.data.pretraining_data import load_metadata
+from bert_jax.data.spec import DataSpec
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.sharding import global_batch, make_mesh, mesh_shape
-from bert_jax.training.train import setup
+from bert_jax.tasks.pretraining import setup
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=4, fsdp=1, tensor=2),
           dict(data=2, fsdp=2, tensor=2)]
 
 
 def _losses(data_dir, sizes, steps=3, devices=None, state=None, start=0):  # noqa: F811
-    metadata = load_metadata(data_dir)
+    metadata = DataSpec.read(data_dir)
     config = tiny_config()
     config.mesh.update(sizes)
     config.model.update(hidden_dropout=0.1)  # dropout masks must not depend on the mesh either
@@ -64,7 +64,7 @@ def test_checkpoint_restores_onto_another_mesh(data_dir, tmp_path):  # noqa: F81
     checkpointer.save(2, state, jax.random.PRNGKey(0))
     checkpointer.close()
     continued, _, _ = _losses(data_dir, first, steps=2, state=state, start=2)  # donates `state`
-    run_other = setup(tiny_config(), load_metadata(data_dir), mesh=make_mesh(other))
+    run_other = setup(tiny_config(), DataSpec.read(data_dir), mesh=make_mesh(other))
     checkpointer = Checkpointer(str(tmp_path / "ckpt"), 2)
     restored, _, _ = checkpointer.restore(run_other.abstract_state)
     checkpointer.close()

@@ -36,8 +36,8 @@ def bert_config(num_layers: int, hidden_size: int, **model_overrides) -> ml_coll
     config.model.update(model_overrides)
 
     config.data = ml_collections.ConfigDict(dict(
-        max_seq_length=128,  # tokens per example, must equal the shards' metadata.json
-        max_predictions_per_seq=20,  # masked positions per example, must equal the data's
+        max_seq_length=0,  # tokens per example; 0 = follow the data's metadata.json (else must equal it)
+        max_predictions_per_seq=0,  # masked slots per example; 0 = follow the data (else must equal it)
         mask_prob=0.15,  # share of real tokens to predict (dynamic masking)
         shuffle_buffer=10_000,  # examples in the tf.data shuffle buffer
         eval_batch_size=0,  # global eval batch; 0 = the training batch size
@@ -85,7 +85,7 @@ def demo_config() -> ml_collections.ConfigDict:
     """
     config = bert_config(num_layers=2, hidden_size=128, max_position_embeddings=128,
                          hidden_dropout=0.0, attention_dropout=0.0)
-    config.data.update(max_seq_length=128, max_predictions_per_seq=20, shuffle_buffer=2_000)
+    config.data.update(shuffle_buffer=2_000)
     config.train.update(global_batch_size=32, num_steps=800, log_every=50, eval_every=200, eval_steps=10,
                         checkpoint_every=200)
     config.optim.update(learning_rate=2e-3, warmup_steps=80, schedule="cosine")

@@ -27,10 +27,7 @@ import numpy as np
 from bert_jax import fs
 from bert_jax.data import corpus, instances, masking, tokenizer as tokenizer_lib
 from bert_jax.data.records import frame_records, serialize_columns
-
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-MASKING_MODES = ("dynamic", "static")
+from bert_jax.data.spec import FORMAT_VERSION, MASKING as MASKING_MODES, METADATA_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,18 +353,3 @@ def _metadata(tok, settings, files, stats, split_documents, shard_files, seconds
         "arguments": dataclasses.asdict(settings) | {"inputs": files},
     }
 
-
-def load_metadata(data_dir: str) -> dict:
-    """Reads `metadata.json` of a prepared data directory (clear error when it is not one)."""
-    import tensorflow as tf
-
-    path = os.path.join(fs.absolute(data_dir), METADATA_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"--data {data_dir}: no {METADATA_FILE}; not a finished "
-                                f"`bert-jax prepare-data` output")
-    with tf.io.gfile.GFile(path, "r") as f:
-        metadata = json.load(f)
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {metadata.get('format_version')!r}, "
-                         f"expected {FORMAT_VERSION}")
-    return metadata

@@ -39,7 +39,7 @@ class Model:
     Attributes: `config` (BertConfig), `params` (the parameter tree of BertForPreTraining),
     `tokenizer` (bert_jax.data.tokenizer.Tokenizer), `step` (training step of the checkpoint, 0 for a
     Hugging Face directory), `source` (the absolute path it was loaded from), `pretrained` (the
-    underlying `Pretrained`, what `bert_jax.inference.fill_mask` and `bert_jax.training.finetune` take).
+    underlying `Pretrained`, what `bert_jax.inference.fill_mask` and `bert_jax.tasks.classification.finetune` take).
     """
 
     def __init__(self, loaded: pretrained.Pretrained, source: str):

@@ -1,10 +1,9 @@
-"""Fine-tuning `BertModel` + a classification head on labelled text (single texts or pairs).
-
-The run uses pretraining's machinery: the same device mesh and logical sharding rules, a jitted
-train step with donated state, orbax checkpoints (resumed exactly, also after SIGTERM), and
-TensorBoard / metrics.jsonl / curves.png logs. Each epoch ends with accuracy and macro-F1 on the
-eval set; the best epoch is saved as `model.safetensors` + `finetune.json` + `tokenizer/`, which
-`bert-jax predict` and `Classifier` load.
+"""Sequence classification: `BertModel` + a classification head on labelled text (single texts or
+pairs), fine-tuned by the one trainer (`bert_jax.training.trainer`): the same mesh and sharding
+rules, jitted step with donated state, orbax checkpoints (resumed exactly, also after SIGTERM),
+and TensorBoard / metrics.jsonl / curves.png logs as pretraining. Each epoch ends with accuracy
+and macro-F1 on the eval set; the best epoch is saved as `model.safetensors` + `finetune.json` +
+`tokenizer/`, which `bert-jax predict` and `Classifier` load.
 """
 
 from __future__ import annotations
@@ -18,25 +17,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-import tensorflow as tf
 
-from bert_jax import fs, progress
+from bert_jax import fs
 from bert_jax.config.defaults import finetune_config
 from bert_jax.config.validation import validate_finetuning
 from bert_jax.data import finetune_data, tokenizer as tokenizer_lib
 from bert_jax.data.finetune_data import Examples, batch_indices, encode, host_batch
+from bert_jax.data.spec import BatchSpec
 from bert_jax.inference import pretrained
 from bert_jax.models.bert import BertConfig, BertModel, Dense
-from bert_jax import metrics_log
-from bert_jax.training import cpu_tuning, sharding
+from bert_jax.training import evaluation, sharding, trainer
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.optim import make_optimizer
-from bert_jax.training.preemption import Preemption
-from bert_jax.training.train_step import TrainState, cross_entropy_and_hits, zero_metrics
+from bert_jax.training.train_step import cross_entropy_and_hits
 
 SAVED = "finetune.json"
-TRAIN_KEYS = ("loss_sum", "correct", "count", "learning_rate", "grad_norm", "steps")
 CURVES = (("loss", "cross-entropy"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
 
 
@@ -54,17 +49,52 @@ class BertClassifier(nn.Module):
         return logits.astype(jnp.float32)
 
 
-@dataclasses.dataclass
-class FinetuneRun:
-    """The mesh, shardings and compiled steps of one fine-tuning run."""
+class ClassificationTask:
+    """Cross-entropy over the labels of `BatchSpec.classification(max_length)` batches, weighted by the
+    0/1 example weights; eval sums a confusion matrix (see `bert_jax.training.train_step.Task`)."""
 
-    mesh: jax.sharding.Mesh
-    state_shardings: object
-    abstract_state: object
-    init: object
-    train_step: object
-    eval_step: object
-    gather: object  # params -> the same params replicated on every device (fully addressable)
+    sum_keys = ("loss_sum", "correct", "count")
+
+    def __init__(self, model: BertConfig, num_labels: int, max_length: int):
+        self.model, self.num_labels = model, num_labels
+        self.batch_spec = BatchSpec.classification(max_length)
+        self.module = BertClassifier(model, num_labels)
+
+    def init(self, rng):
+        batch = self.batch_spec.zeros(1)
+        return self.module.init(rng, batch["input_ids"], batch["input_mask"], batch["segment_ids"])["params"]
+
+    def _logits(self, params, batch, rng=None):
+        rngs = None if rng is None else {"dropout": rng}
+        return self.module.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+                                 deterministic=rng is None, rngs=rngs)
+
+    def totals(self, batch):
+        return {"count": jnp.maximum(batch["weights"].sum(), 1.0)}
+
+    def loss(self, params, batch, rng, totals):
+        nll, hits = cross_entropy_and_hits(self._logits(params, batch, rng), batch["labels"])
+        weights = batch["weights"]
+        sums = {"loss_sum": jnp.sum(nll * weights), "correct": jnp.sum(hits * weights), "count": weights.sum()}
+        return sums["loss_sum"] / totals["count"], sums
+
+    def eval_sums(self, params, batch):
+        logits, weights = self._logits(params, batch), batch["weights"]
+        truth = jax.nn.one_hot(batch["labels"], self.num_labels) * weights[:, None]
+        confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), self.num_labels)
+        nll, _ = cross_entropy_and_hits(logits, batch["labels"])
+        return {"confusion": confusion, "loss_sum": jnp.sum(nll * weights)}
+
+    def train_summary(self, sums):
+        sums = {k: float(v) for k, v in sums.items()}
+        count, steps = max(sums["count"], 1e-9), max(sums["steps"], 1e-9)
+        return {"train/loss": sums["loss_sum"] / count, "train/accuracy": sums["correct"] / count,
+                "train/learning_rate": sums["learning_rate"] / steps, "train/grad_norm": sums["grad_norm"] / steps}
+
+    def eval_summary(self, sums):
+        accuracy, macro_f1 = finetune_data.scores(sums["confusion"])
+        return {"eval/loss": float(sums["loss_sum"]) / max(float(sums["confusion"].sum()), 1e-9),
+                "eval/accuracy": accuracy, "eval/macro_f1": macro_f1}
 
 
 def _optimizer(train: ml_collections.ConfigDict, num_steps: int):
@@ -77,88 +107,33 @@ def _optimizer(train: ml_collections.ConfigDict, num_steps: int):
     return make_optimizer(optim, num_steps)
 
 
-def setup(model_config: BertConfig, num_labels: int, config: ml_collections.ConfigDict, num_steps: int) -> FinetuneRun:
-    """Mesh, optimizer, sharded initialisation and the jitted train / eval steps."""
+def setup(model_config: BertConfig, num_labels: int, config: ml_collections.ConfigDict, num_steps: int) -> trainer.Run:
+    """The classification task on the mesh of `config.mesh`, its optimizer and jitted steps."""
     mesh = sharding.make_mesh(dict(config.mesh))
-    batch = config.train.global_batch_size
-    if batch % sharding.data_parallel_size(mesh) or batch % jax.process_count():
-        raise ValueError(f"config.train.global_batch_size={batch} (--batch-size) is not divisible by the "
-                         f"data-parallel size {sharding.data_parallel_size(mesh)} and the "
-                         f"{jax.process_count()} processes")
-    model = BertClassifier(model_config, num_labels)
     tx, schedule = _optimizer(config.train, num_steps)
-    length = config.train.max_length
-
-    def init(rng):
-        ids = jnp.zeros((1, length), jnp.int32)
-        params = model.init(rng, ids, ids, ids)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          metrics=zero_metrics(TRAIN_KEYS))
-
-    def apply(params, batch, rng=None):
-        rngs = None if rng is None else {"dropout": rng}
-        return model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                           deterministic=rng is None, rngs=rngs)
-
-    def train_step(state: TrainState, batch: dict, rng) -> TrainState:
-        rng = jax.random.fold_in(rng, state.step)
-        weights = batch["weights"]
-
-        def loss_fn(params):
-            nll, hits = cross_entropy_and_hits(apply(params, batch, rng), batch["labels"])
-            nll_sum = jnp.sum(nll * weights)
-            return nll_sum / jnp.maximum(weights.sum(), 1.0), (nll_sum, jnp.sum(hits * weights))
-
-        (_, (nll_sum, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        metrics = {"loss_sum": nll_sum, "correct": correct, "count": weights.sum(),
-                   "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads),
-                   "steps": jnp.ones(())}
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             opt_state=opt_state,
-                             metrics=jax.tree.map(lambda a, b: a + b.astype(jnp.float32), state.metrics, metrics))
-
-    def eval_step(params, batch) -> dict:
-        logits = apply(params, batch)
-        weights = batch["weights"]
-        truth = jax.nn.one_hot(batch["labels"], num_labels) * weights[:, None]
-        confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), num_labels)
-        nll, _ = cross_entropy_and_hits(logits, batch["labels"])
-        return {"confusion": confusion, "loss_sum": jnp.sum(nll * weights)}
-
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    shardings = sharding.logical_shardings(abstract, mesh)
-    data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    options = cpu_tuning.compiler_options(mesh)
-    return FinetuneRun(
-        mesh, shardings, sharding.placed_abstract(abstract, shardings),
-        init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings),
-        train_step=jax.jit(train_step, in_shardings=(shardings, data, replicated), out_shardings=shardings,
-                           donate_argnums=0, compiler_options=options),
-        eval_step=jax.jit(eval_step, in_shardings=(shardings.params, data), out_shardings=replicated,
-                          compiler_options=options),
-        gather=jax.jit(lambda params: params, out_shardings=replicated))
+    task = ClassificationTask(model_config, num_labels, config.train.max_length)
+    return trainer.setup(task, mesh, tx, schedule, config.train.global_batch_size, batch_flag=" (--batch-size)")
 
 
-def _global_batch(examples: Examples, indices: np.ndarray, mesh) -> dict:
-    return sharding.global_batch(host_batch(examples, indices, jax.process_index(), jax.process_count()), mesh)
+def _host_batch(examples: Examples, indices: np.ndarray) -> dict:
+    return host_batch(examples, indices, jax.process_index(), jax.process_count())
 
 
-def evaluate(run: FinetuneRun, params, examples: Examples, global_batch: int) -> dict[str, float]:
+def _train_batches(examples: Examples, config, steps_per_epoch: int, first: int, num_steps: int):
+    """Host batches of steps `first + 1` .. `num_steps`; the example order is drawn once per epoch."""
+    order = None
+    for step in range(first, num_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0 or order is None:
+            order = batch_indices(len(examples.labels), config.train.global_batch_size, config.train.seed, epoch)
+        yield _host_batch(examples, order[position])
+
+
+def evaluate(run: trainer.Run, params, examples: Examples, global_batch: int) -> dict[str, float]:
     """Loss, accuracy and macro-F1 over every example of `examples` (no dropout)."""
-    confusion, loss_sum = 0.0, 0.0
-    for indices in batch_indices(len(examples.labels), global_batch, seed=None):
-        sums = jax.device_get(run.eval_step(params, _global_batch(examples, indices, run.mesh)))
-        confusion, loss_sum = confusion + sums["confusion"], loss_sum + float(sums["loss_sum"])
-    accuracy, macro_f1 = finetune_data.scores(confusion)
-    return {"eval/loss": loss_sum / len(examples.labels), "eval/accuracy": accuracy, "eval/macro_f1": macro_f1}
-
-
-def _train_metrics(sums: dict) -> dict[str, float]:
-    sums = {k: float(v) for k, v in sums.items()}
-    count, steps = max(sums["count"], 1e-9), max(sums["steps"], 1e-9)
-    return {"train/loss": sums["loss_sum"] / count, "train/accuracy": sums["correct"] / count,
-            "train/learning_rate": sums["learning_rate"] / steps, "train/grad_norm": sums["grad_norm"] / steps}
+    order = batch_indices(len(examples.labels), global_batch, seed=None)
+    return evaluation.evaluate(run.task, run.eval_step, params, (_host_batch(examples, i) for i in order),
+                                  run.mesh, len(order))
 
 
 def _best(history: list[dict]) -> dict | None:
@@ -183,6 +158,8 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     `labels` declares the label set (else: the training data's labels, sorted); `skip_bad_rows`
     skips and counts malformed rows instead of stopping at the first (see `finetune_data.read_table`).
     The settings, both tables and the labels are checked before the model is loaded.
+    The run starts from, in this order: `workdir`'s latest checkpoint, the pretrained encoder with a
+    fresh head, random weights (`config.train.from_scratch`).
     Returns the best epoch's metrics, the per-epoch history, the label names, truncation and
     skipped-row counts."""
     train_file, eval_file = (fs.absolute(os.fspath(d)) if isinstance(d, (str, os.PathLike)) else d
@@ -203,109 +180,64 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     if train_cfg.max_length > model_config.max_position_embeddings:
         raise ValueError(f"config.train.max_length={train_cfg.max_length} (--max-length) exceeds the model's "
                          f"max_position_embeddings={model_config.max_position_embeddings}")
-    train, evaluation = (encode(tables[split].rows, base.tokenizer, text_column, pair_column, train_cfg.max_length,
+    train, eval_examples = (encode(tables[split].rows, base.tokenizer, text_column, pair_column, train_cfg.max_length,
                                 labels, label_column) for split in ("train", "eval"))
     steps_per_epoch = -(-len(train.labels) // train_cfg.global_batch_size)
     num_steps = train_cfg.epochs * steps_per_epoch
     run = setup(model_config, len(labels), config, num_steps)
     is_main = jax.process_index() == 0
-    result = {"labels": labels, "truncated": {"train": train.truncated, "eval": evaluation.truncated},
+    result = {"labels": labels, "truncated": {"train": train.truncated, "eval": eval_examples.truncated},
               "skipped_rows": {split: table.skipped for split, table in tables.items()}}
-    if is_main and (train.truncated or evaluation.truncated):
-        print(f"truncated to {train_cfg.max_length} tokens: {train.truncated} train and {evaluation.truncated} "
+    if is_main and (train.truncated or eval_examples.truncated):
+        print(f"truncated to {train_cfg.max_length} tokens: {train.truncated} train and {eval_examples.truncated} "
               f"eval examples", flush=True)
     if is_main and skip_bad_rows:
         print(f"skipped bad rows (--skip-bad-rows): {tables['train'].skipped} in {train_file}, "
               f"{tables['eval'].skipped} in {eval_file}", flush=True)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
-    state, rng, history = _restore_or_init(run, checkpointer, base, config, labels, num_steps)
-    step = int(state.step)
-    if is_main:  # before the logger, which records config.json in TensorBoard
-        _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config)
-    bar = progress.progress_bar(num_steps, "step", is_main, initial=step, desc="fine-tune")
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=step)
-    unreported = 0  # steps run since the bar last moved
-    preemption, order = Preemption(), None
-    try:
-        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-            while step < num_steps and not _patience_spent(history, train_cfg.patience):
-                epoch, position = divmod(step, steps_per_epoch)
-                if position == 0 or order is None:  # the example order is drawn once per epoch
-                    order = batch_indices(len(train.labels), train_cfg.global_batch_size, train_cfg.seed, epoch)
-                state = run.train_step(state, _global_batch(train, order[position], run.mesh), rng)
-                checkpointer.check()
-                step += 1
-                unreported += 1
-                epoch_end = step % steps_per_epoch == 0
-                if step % train_cfg.log_every == 0 or epoch_end:
-                    metrics = _train_metrics(jax.device_get(state.metrics))
-                    if not np.isfinite(metrics["train/loss"]):
-                        raise FloatingPointError(f"non-finite fine-tuning loss at step {step}; lower "
-                                                 f"--learning-rate. Checkpoints and the best model are kept")
-                    state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
-                    bar.update(unreported)  # device_get waited for these steps: the bar counts finished ones
-                    unreported = 0
-                    logger.write(step, metrics)
-                if epoch_end:
-                    scores = evaluate(run, state.params, evaluation, train_cfg.global_batch_size)
-                    history.append({"epoch": epoch + 1, "step": step, "eval_accuracy": scores["eval/accuracy"],
-                                    "eval_macro_f1": scores["eval/macro_f1"], "eval_loss": scores["eval/loss"]})
-                    logger.write(step, scores | {"epoch": epoch + 1})
-                    if _best(history) is history[-1]:
-                        _save_best(workdir, run, state.params, model_config, labels, train_cfg.max_length,
-                                   pair_column is not None, base.tokenizer.directory)
-                preempted = preemption.check(step)
-                if epoch_end or step % train_cfg.checkpoint_every == 0 or preempted:
-                    checkpointer.save(step, state, rng, {"history": history, "labels": labels, "num_steps": num_steps})
-                if preempted:
-                    if is_main:
-                        print(f"SIGTERM: saved a checkpoint at step {step}; run the same command to continue",
-                              flush=True)
-                    return result | {"best": _best(history), "history": history, "preempted": True}
-    finally:
-        bar.close()
-        preemption.restore()
+    init_from = None if train_cfg.from_scratch else (lambda params: dict(params) | {"bert": base.params["bert"]})
+    start = trainer.restore_or_init(run, checkpointer, train_cfg.seed, init_from, workdir)
+    if start.source == "resume" and (start.extra["labels"] != labels or start.extra["num_steps"] != num_steps):
         checkpointer.close()
-    if is_main and history:
-        metrics_log.plot_curves(workdir, CURVES)
-    return result | {"best": _best(history), "history": history}
+        raise ValueError(f"--workdir holds a fine-tuning run with labels {start.extra['labels']} and "
+                         f"{start.extra['num_steps']} steps, not {labels} and {num_steps}; use a new --workdir")
+    history = list(start.extra.get("history", []))
+    trainer.write_config(workdir, config.to_dict() | {  # before the logger, which records config.json
+        "init": init_dir, "train_file": train_file, "eval_file": eval_file, "labels": labels,
+        "model": dataclasses.asdict(model_config)})
+    gather = jax.jit(lambda params: params, out_shardings=sharding.replicated(run.mesh))
+
+    def on_eval(step, params, scores):
+        history.append({"epoch": scores["epoch"], "step": step, "eval_accuracy": scores["eval/accuracy"],
+                        "eval_macro_f1": scores["eval/macro_f1"], "eval_loss": scores["eval/loss"]})
+        if _best(history) is history[-1]:
+            _save_best(workdir, jax.device_get(gather(params)), model_config, labels, train_cfg.max_length,
+                       pair_column is not None, base.tokenizer.directory)
+
+    hooks = trainer.Hooks(
+        evaluate=lambda params, step: evaluate(run, params, eval_examples, train_cfg.global_batch_size) | {
+            "epoch": step // steps_per_epoch},
+        on_eval=on_eval, stop=lambda: _patience_spent(history, train_cfg.patience),
+        extra=lambda: {"history": history, "labels": labels, "num_steps": num_steps})
+    cadence = trainer.Cadence(num_steps, train_cfg.log_every, steps_per_epoch, train_cfg.checkpoint_every,
+                              log_at_eval=True, checkpoint_at_eval=True)
+    batches = _train_batches(train, config, steps_per_epoch, int(start.state.step), num_steps)
+    done = trainer.fit(run, start, batches, cadence, checkpointer, workdir, hooks, curves=CURVES, desc="fine-tune",
+                       describe=f"fine-tuning {model_config.num_layers}-layer BERT on {len(labels)} labels",
+                       nonfinite_hint="lower --learning-rate; the best model so far is kept")
+    return result | {"best": _best(history), "history": history} | ({"preempted": True} if done.preempted else {})
 
 
-def _restore_or_init(run: FinetuneRun, checkpointer: Checkpointer, base, config, labels, num_steps):
-    """(state, rng, history) of the latest checkpoint, or a fresh state with the pretrained encoder."""
-    restored = checkpointer.restore(run.abstract_state)
-    if restored is not None:
-        state, rng, extra = restored
-        if extra["labels"] != labels or extra["num_steps"] != num_steps:
-            raise ValueError(f"--workdir holds a fine-tuning run with labels {extra['labels']} and "
-                             f"{extra['num_steps']} steps, not {labels} and {num_steps}; use a new --workdir")
-        return state, rng, list(extra["history"])
-    rng = jax.random.PRNGKey(config.train.seed)
-    state = run.init(jax.random.fold_in(rng, 1))
-    if not config.train.from_scratch:
-        params = dict(state.params) | {"bert": jax.device_put(base.params["bert"], run.state_shardings.params["bert"])}
-        state = state.replace(params=params)
-    return state, rng, []
-
-
-def _write_run_config(workdir, config, init_dir, train_file, eval_file, labels, model_config) -> None:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict() | {"init": init_dir, "train_file": train_file, "eval_file": eval_file,
-                                      "labels": labels, "model": dataclasses.asdict(model_config)}, f, indent=2)
-
-
-def _save_best(workdir, run, params, model_config, labels, max_length, pairs, tokenizer_dir) -> None:
+def _save_best(workdir, params, model_config, labels, max_length, pairs, tokenizer_dir) -> None:
     """Writes the parameters (gathered from every device) and what `Classifier` needs; the weights
     go to a temporary name first, so an interrupted save never leaves a broken best model."""
-    gathered = jax.device_get(run.gather(params))
     if jax.process_index() != 0:
         return
-    pretrained.save_params(gathered, os.path.join(workdir, "model.safetensors"))
-    with tf.io.gfile.GFile(os.path.join(workdir, SAVED), "w") as f:
+    pretrained.save_params(params, os.path.join(workdir, "model.safetensors"))
+    with fs.open_text(os.path.join(workdir, SAVED), "w") as f:
         json.dump({"model": dataclasses.asdict(model_config), "labels": labels, "max_length": max_length,
                    "pairs": pairs}, f, indent=2)
-    if not tf.io.gfile.exists(os.path.join(workdir, "tokenizer")):
+    if not fs.exists(os.path.join(workdir, "tokenizer")):
         tokenizer_lib.copy_files(tokenizer_dir, os.path.join(workdir, "tokenizer"))
 
 
@@ -315,9 +247,9 @@ class Classifier:
     def __init__(self, workdir: str):
         workdir = fs.absolute(workdir)
         path = os.path.join(workdir, SAVED)
-        if not tf.io.gfile.exists(path):
+        if not fs.exists(path):
             raise FileNotFoundError(f"--model {workdir}: no {SAVED}; not a `bert-jax finetune` output")
-        with tf.io.gfile.GFile(path) as f:
+        with fs.open_text(path) as f:
             saved = json.load(f)
         self.labels, self.max_length, self.pairs = saved["labels"], saved["max_length"], saved["pairs"]
         config = BertConfig(**saved["model"])

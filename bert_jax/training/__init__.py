@@ -1,5 +1,6 @@
-"""Training on a device mesh: the loops (`train`: pretraining, `finetune`: classification), the jitted
-steps (`train_step`), `optim`, `sharding`, orbax `checkpoint`s, `preemption`,
+"""Training on a device mesh: the one loop every task runs (`trainer`), the jitted train step and the
+task contract (`train_step`), evaluation without an optimizer (`evaluation`), `optim`, `sharding`,
+orbax `checkpoint`s, `preemption`,
 `distributed` start-up, CPU host tuning (`cpu_tuning`) and the checks that a resumed run matches
 its data and config (`run_checks`)."""
 

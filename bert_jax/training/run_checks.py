@@ -18,6 +18,7 @@ import os
 
 from bert_jax import fs
 from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.data.spec import DataSpec
 
 # Fields whose change makes the checkpoint unloadable (parameter or optimizer-state layout).
 LAYOUT = ("model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",
@@ -45,63 +46,62 @@ def _first_record(path: str):
     return None
 
 
-def _check_record(path: str, example, metadata: dict) -> None:
+def _check_record(path: str, example, spec: DataSpec) -> None:
     features = example.features.feature
     ids = list(features["input_ids"].int64_list.value)
-    seq, vocab = metadata["max_seq_length"], metadata["vocab_size"]
+    seq, vocab = spec.max_seq_length, spec.vocab_size
     if len(ids) > seq:
         raise ValueError(f"shard {path} holds examples of {len(ids)} tokens but metadata.json says "
                          f"max_seq_length={seq}: the metadata does not belong to these shards")
     if ids and max(ids) >= vocab:
         raise ValueError(f"shard {path} holds token id {max(ids)} but metadata.json says vocab_size={vocab}: "
                          f"the shards were made with a larger vocabulary")
-    if metadata["masking"] == "static":
+    if spec.masking == "static":
         slots = len(features["masked_lm_positions"].int64_list.value)
-        if slots != metadata["max_predictions_per_seq"]:
+        if slots != spec.max_predictions_per_seq:
             raise ValueError(f"shard {path} holds {slots} masked positions per example but metadata.json "
-                             f"says max_predictions_per_seq={metadata['max_predictions_per_seq']}")
+                             f"says max_predictions_per_seq={spec.max_predictions_per_seq}")
 
 
-def check_prepared_data(data_dir: str, metadata: dict) -> None:
+def check_prepared_data(data_dir: str, spec: DataSpec) -> None:
     """Raises ValueError naming the file when `data_dir`'s parts disagree: metadata.json's own
     sizes against its recorded arguments, its tokenizer/ (fingerprint, vocabulary size, special
     ids) against metadata.json, and the first record of every shard (length, largest id, masked
     slots) against metadata.json. Reads one record per shard."""
     meta_path = os.path.join(data_dir, "metadata.json")
-    arguments = metadata.get("arguments", {})
     for key in ("max_seq_length", "max_predictions_per_seq", "masking", "pair_task"):
-        if key in arguments and arguments[key] != metadata[key]:
-            raise ValueError(f"{meta_path}: {key}={metadata[key]!r} but the data was prepared with "
-                             f"{key}={arguments[key]!r} (its 'arguments'); the file was edited")
-    tok_dir = os.path.join(data_dir, metadata["tokenizer"].get("directory", "tokenizer"))
+        if key in spec.arguments and spec.arguments[key] != getattr(spec, key):
+            raise ValueError(f"{meta_path}: {key}={getattr(spec, key)!r} but the data was prepared with "
+                             f"{key}={spec.arguments[key]!r} (its 'arguments'); the file was edited")
+    tok_dir = os.path.join(data_dir, spec.tokenizer_directory)
     tok = tokenizer_lib.load(tok_dir)
-    if tok.vocab_size != metadata["vocab_size"]:
-        raise ValueError(f"{meta_path} says vocab_size={metadata['vocab_size']} but {tok_dir} has "
+    if tok.vocab_size != spec.vocab_size:
+        raise ValueError(f"{meta_path} says vocab_size={spec.vocab_size} but {tok_dir} has "
                          f"{tok.vocab_size} tokens; the two do not belong together")
-    if tok.fingerprint != metadata["tokenizer"]["fingerprint"]:
+    if tok.fingerprint != spec.tokenizer_fingerprint:
         raise ValueError(f"{tok_dir} (fingerprint {tok.fingerprint}) is not the tokenizer the shards were made "
-                         f"with (fingerprint {metadata['tokenizer']['fingerprint']} in {meta_path}); restore "
+                         f"with (fingerprint {spec.tokenizer_fingerprint} in {meta_path}); restore "
                          f"it or prepare the data again")
-    if tok.special_ids_by_name != metadata["special_ids"]:
-        raise ValueError(f"{meta_path} says special ids {metadata['special_ids']} but {tok_dir} has "
+    if tok.special_ids_by_name != spec.special_ids:
+        raise ValueError(f"{meta_path} says special ids {spec.special_ids} but {tok_dir} has "
                          f"{tok.special_ids_by_name}")
     for split in ("train", "eval"):
-        for entry in metadata["splits"][split]["files"]:
-            path = os.path.join(data_dir, entry["name"])
-            example = _first_record(path) if entry["examples"] and fs.exists(path) else None
+        for name, examples in spec.splits[split].files:
+            path = os.path.join(data_dir, name)
+            example = _first_record(path) if examples and fs.exists(path) else None
             if example is not None:
-                _check_record(path, example, metadata)
+                _check_record(path, example, spec)
 
 
-def check_tokenizer_matches(workdir: str, data_dir: str, metadata: dict) -> None:
+def check_tokenizer_matches(workdir: str, data_dir: str, spec: DataSpec) -> None:
     """A workdir that has a tokenizer (a resumed, finished or imported model) meets data made with
     the same tokenizer: raises ValueError naming both otherwise."""
     if not fs.exists(os.path.join(workdir, "tokenizer", "tokenizer.json")):
         return
     fingerprint = tokenizer_lib.load(os.path.join(workdir, "tokenizer")).fingerprint
-    if fingerprint != metadata["tokenizer"]["fingerprint"]:
+    if fingerprint != spec.tokenizer_fingerprint:
         raise ValueError(f"--data {data_dir} was prepared with a different tokenizer (fingerprint "
-                         f"{metadata['tokenizer']['fingerprint']}) than {workdir}/tokenizer ({fingerprint}); "
+                         f"{spec.tokenizer_fingerprint}) than {workdir}/tokenizer ({fingerprint}); "
                          f"prepare it with --tokenizer {workdir}/tokenizer")
 
 

@@ -61,6 +61,23 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def check_batch(global_batch_size: int, mesh, grad_accum_steps: int = 1, eval_batch_size: int = 0,
+                flag: str = "") -> None:
+    """The global batch must split evenly over data-parallel devices, micro-batches and processes
+    (`flag`: the command-line flag that sets it, named in the error)."""
+    parallel = data_parallel_size(mesh)
+    parts = parallel * grad_accum_steps
+    name = f"config.train.global_batch_size={global_batch_size}{flag}"
+    if global_batch_size % parts:
+        accum = f" x grad_accum_steps {grad_accum_steps} = {parts}" if grad_accum_steps > 1 else ""
+        raise ValueError(f"{name} is not divisible by the data-parallel size {parallel}{accum}")
+    if global_batch_size % jax.process_count():
+        raise ValueError(f"{name} is not divisible by the {jax.process_count()} processes")
+    if eval_batch_size and (eval_batch_size % parallel or eval_batch_size % jax.process_count()):
+        raise ValueError(f"config.data.eval_batch_size={eval_batch_size} is not divisible by the data-parallel "
+                         f"size {parallel} and the {jax.process_count()} processes")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batches split on their leading axis over data x fsdp."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))

@@ -1,8 +1,9 @@
-"""The train state, losses, and the pure train / eval steps (jit-compiled by `bert_jax.training.train`)."""
+"""The train state, the task contract, the shared cross-entropy, and the pure train step that
+`bert_jax.training.trainer` jit-compiles for every task."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import flax
 import jax
@@ -10,10 +11,36 @@ import jax.numpy as jnp
 import optax
 
 from bert_jax import backend
-from bert_jax.models.bert import BertConfig, BertForPreTraining
+from bert_jax.data.spec import BatchSpec
 
-SUM_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_weight", "nsp_loss_sum", "nsp_correct", "nsp_weight")
-TRAIN_KEYS = SUM_KEYS + ("learning_rate", "grad_norm", "steps")
+STEP_KEYS = ("learning_rate", "grad_norm", "steps")  # accumulated by the step itself, for every task
+
+
+class Task(Protocol):
+    """What the trainer needs from a task (pretraining, classification). Batches are dicts of arrays
+    laid out as `batch_spec`; sums are float32 scalars (or arrays) that add over batches and hosts and
+    are divided on the host at log steps only."""
+
+    batch_spec: BatchSpec
+    sum_keys: tuple[str, ...]  # the weighted sums and denominators `loss` returns
+
+    def init(self, rng) -> Any:
+        """Fresh parameters, boxed with logical axis names (flax `nn.with_logical_partitioning`)."""
+
+    def totals(self, batch: dict) -> dict:
+        """Denominators over the whole global batch, the same for every micro-batch."""
+
+    def loss(self, params, batch: dict, rng, totals: dict) -> tuple[jax.Array, dict]:
+        """(scalar loss to differentiate, sums) on `batch` (a micro-batch) with dropout from `rng`."""
+
+    def eval_sums(self, params, batch: dict) -> dict:
+        """Sums over `batch` without dropout; padding rows weigh 0."""
+
+    def train_summary(self, sums: dict) -> dict[str, float]:
+        """Host-side means of the accumulated train sums (and STEP_KEYS), named 'train/...'."""
+
+    def eval_summary(self, sums: dict) -> dict[str, float]:
+        """Host-side means of the eval sums, named 'eval/...'."""
 
 
 @flax.struct.dataclass
@@ -27,18 +54,15 @@ class TrainState:
     metrics: dict[str, jax.Array]
 
 
-def zero_metrics(keys=TRAIN_KEYS) -> dict[str, jax.Array]:
+def zero_metrics(keys: tuple[str, ...]) -> dict[str, jax.Array]:
     return {k: jnp.zeros((), jnp.float32) for k in keys}
 
 
-def init_state(model: BertForPreTraining, tx: optax.GradientTransformation, rng, seq_len: int,
-               predictions: int) -> TrainState:
+def init_state(task: Task, tx: optax.GradientTransformation, rng) -> TrainState:
     """A fresh state whose parameters are still boxed with logical axis names."""
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    params = model.init({"params": rng}, ids, masked_lm_positions=jnp.zeros((1, predictions), jnp.int32))
-    params = params["params"]
+    params = task.init(rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      metrics=zero_metrics())
+                      metrics=zero_metrics(task.sum_keys + STEP_KEYS))
 
 
 def cross_entropy_and_hits(logits, labels) -> tuple[jax.Array, jax.Array]:
@@ -82,47 +106,19 @@ def _cross_entropy_backward(residuals, cotangents):
 _cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
 
 
-def metric_sums(mlm_logits, nsp_logits, batch, use_nsp: bool) -> dict[str, jax.Array]:
-    """Weighted sums and denominators: MLM over real predictions (weights, never `label > 0`),
-    NSP over real examples."""
-    weights = batch["masked_lm_weights"].astype(jnp.float32)
-    nll, correct = cross_entropy_and_hits(mlm_logits, batch["masked_lm_ids"])
-    example_weights = batch["example_weights"].astype(jnp.float32) * (1.0 if use_nsp else 0.0)
-    nsp_nll, nsp_correct = cross_entropy_and_hits(nsp_logits, batch["next_sentence_labels"])
-    return {
-        "mlm_loss_sum": jnp.sum(nll * weights), "mlm_correct": jnp.sum(correct * weights),
-        "mlm_weight": jnp.sum(weights), "nsp_loss_sum": jnp.sum(nsp_nll * example_weights),
-        "nsp_correct": jnp.sum(nsp_correct * example_weights), "nsp_weight": jnp.sum(example_weights),
-    }
-
-
-def _forward(model, params, batch, rng, deterministic: bool):
-    rngs = None if deterministic else {"dropout": backend.dropout_key(rng, backend.current())}
-    return model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                       batch["masked_lm_positions"], deterministic=deterministic, rngs=rngs)
-
-
-def make_train_step(config: BertConfig, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    grad_accum_steps: int, use_nsp: bool) -> Callable:
-    """`train_step(state, batch, rng) -> (state, metrics)`: mean MLM cross-entropy over real
-    predictions plus NSP cross-entropy, gradients accumulated over `grad_accum_steps`
-    interleaved micro-batches (rows i::k), then one optimizer update."""
-    model = BertForPreTraining(config)
-
-    def loss_fn(params, micro, rng, mlm_total, nsp_total):
-        mlm_logits, nsp_logits = _forward(model, params, micro, rng, deterministic=False)
-        sums = metric_sums(mlm_logits, nsp_logits, micro, use_nsp)
-        loss = sums["mlm_loss_sum"] / mlm_total + sums["nsp_loss_sum"] / nsp_total
-        return loss, sums
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    grad_accum_steps: int) -> Callable:
+    """`train_step(state, batch, rng) -> (state, metrics)`: the task's loss (normalised by its totals
+    over the whole batch), gradients accumulated over `grad_accum_steps` interleaved micro-batches
+    (rows i::k), then one optimizer update. Dropout keys: `rng` folded with the step (and the
+    micro-batch index when accumulating)."""
+    grad_fn = jax.grad(task.loss, has_aux=True)
 
     def train_step(state: TrainState, batch: dict, rng) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(rng, state.step)
-        mlm_total = jnp.maximum(jnp.sum(batch["masked_lm_weights"]), 1.0)
-        nsp_total = jnp.maximum(jnp.sum(batch["example_weights"]), 1.0)
+        totals = task.totals(batch)
         if grad_accum_steps == 1:
-            grads, sums = grad_fn(state.params, batch, rng, mlm_total, nsp_total)
+            grads, sums = grad_fn(state.params, batch, rng, totals)
         else:
             micro_batches = jax.tree.map(
                 lambda x: x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps) + x.shape[1:])
@@ -130,11 +126,10 @@ def make_train_step(config: BertConfig, tx: optax.GradientTransformation, schedu
 
             def accumulate(carry, inputs):
                 micro, index = inputs
-                grads, sums = grad_fn(state.params, micro, jax.random.fold_in(rng, index), mlm_total,
-                                      nsp_total)
+                grads, sums = grad_fn(state.params, micro, jax.random.fold_in(rng, index), totals)
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-            zeros = (jax.tree.map(jnp.zeros_like, state.params), zero_metrics(SUM_KEYS))
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), zero_metrics(task.sum_keys))
             (grads, sums), _ = jax.lax.scan(accumulate, zeros,
                                             (micro_batches, jnp.arange(grad_accum_steps)))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -147,17 +142,6 @@ def make_train_step(config: BertConfig, tx: optax.GradientTransformation, schedu
         return new_state, metrics
 
     return train_step
-
-
-def make_eval_step(config: BertConfig, use_nsp: bool) -> Callable:
-    """`eval_step(params, batch) -> sums` without dropout."""
-    model = BertForPreTraining(config)
-
-    def eval_step(params, batch):
-        mlm_logits, nsp_logits = _forward(model, params, batch, None, deterministic=True)
-        return metric_sums(mlm_logits, nsp_logits, batch, use_nsp)
-
-    return eval_step
 
 
 @jax.jit

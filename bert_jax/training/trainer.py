@@ -1,338 +1,227 @@
-"""`pretrain` and `evaluate`: validation, sharded setup, the training loop, checkpoints, logs."""
+"""The one training loop, for every task (`bert_jax.tasks`): the mesh, sharded initialisation, the
+jitted train step with donated state and gradient accumulation, orbax checkpoints with a start in
+the order resume > init-from > scratch, SIGTERM, the stop on non-finite values, logs, the
+progress bar and the eval cadence. What differs between pretraining and fine-tuning (model,
+loss and metric sums, batches, eval, what is saved besides checkpoints) comes from the task and
+from the callables `fit` takes."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
+from typing import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import tensorflow as tf
+import optax
 
-from bert_jax import fs, progress
-from bert_jax.config.validation import validate_pretraining
-from bert_jax.data import input_pipeline, tokenizer as tokenizer_lib
-from bert_jax.data.pretraining_data import load_metadata
-from bert_jax.inference import hf, pretrained
-from bert_jax.models import flops, hf_weights
-from bert_jax.models.bert import BertConfig, BertForPreTraining
-from bert_jax.staging import exclusive_lock
-from bert_jax import metrics_log
-from bert_jax.training import cpu_tuning, run_checks, sharding
+from bert_jax import fs, metrics_log, progress
+from bert_jax.training import cpu_tuning, evaluation, sharding
 from bert_jax.training.checkpoint import Checkpointer
-from bert_jax.training.optim import make_optimizer
 from bert_jax.training.preemption import Preemption
-from bert_jax.training.train_step import SUM_KEYS, all_finite, init_state, make_eval_step, make_train_step, zero_metrics
+from bert_jax.training.train_step import Task, all_finite, init_state, make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss or the parameters stop being finite."""
 
 
-def resolve_model_config(config: ml_collections.ConfigDict, metadata: dict) -> BertConfig:
-    """Checks the data's metadata.json against the config; returns the model config."""
-    fields = dict(config.model)
-    if fields["vocab_size"] == 0:
-        fields["vocab_size"] = metadata["vocab_size"]
-    model = BertConfig.from_dict(fields)
-    if model.vocab_size != metadata["vocab_size"]:
-        raise ValueError(f"config.model.vocab_size={model.vocab_size} but the data's vocabulary has "
-                         f"{metadata['vocab_size']} tokens (metadata.json); use 0 to follow the data")
-    for field, key in (("max_seq_length", "max_seq_length"), ("max_predictions_per_seq", "max_predictions_per_seq")):
-        if config.data[field] != metadata[key]:
-            raise ValueError(f"config.data.{field}={config.data[field]} but the data was prepared with "
-                             f"{key}={metadata[key]} (metadata.json)")
-    model.check_sequence_length(metadata["max_seq_length"])
-    return model
-
-
-def check_batch(config: ml_collections.ConfigDict, mesh) -> None:
-    """The global batch must split evenly over data-parallel devices, hosts and micro-batches."""
-    batch, accum = config.train.global_batch_size, config.train.grad_accum_steps
-    parts = sharding.data_parallel_size(mesh) * accum
-    if batch % parts:
-        raise ValueError(f"config.train.global_batch_size={batch} is not divisible by the data-parallel "
-                         f"size x grad_accum_steps = {parts}")
-    if batch % jax.process_count():
-        raise ValueError(f"config.train.global_batch_size={batch} is not divisible by the "
-                         f"{jax.process_count()} processes")
-    eval_batch = config.data.eval_batch_size
-    if eval_batch and (eval_batch % sharding.data_parallel_size(mesh) or eval_batch % jax.process_count()):
-        raise ValueError(f"config.data.eval_batch_size={eval_batch} is not divisible by the data-parallel "
-                         f"size {sharding.data_parallel_size(mesh)} and the {jax.process_count()} processes")
-
-
 @dataclasses.dataclass
 class Run:
-    """A compiled setup: model config, mesh, shardings and step functions."""
+    """A compiled setup: the task, mesh, shardings and step functions."""
 
-    model: BertConfig
+    task: Task
     mesh: jax.sharding.Mesh
     state_shardings: object
     abstract_state: object  # ShapeDtypeStructs with shardings, for restoring checkpoints
-    train_step: object
-    eval_step: object
-    init: object
-    metadata: dict
+    init: Callable  # rng -> TrainState placed on state_shardings
+    train_step: Callable  # (state, global batch, rng) -> (state, metrics); the state is donated
+    eval_step: Callable  # (params, global batch) -> sums
 
 
-def setup(config: ml_collections.ConfigDict, metadata: dict, mesh=None) -> Run:
-    """Builds the mesh, the optimizer, sharded initialisation and the jitted steps."""
-    model = resolve_model_config(config, metadata)
-    mesh = mesh or sharding.make_mesh(dict(config.mesh))
-    check_batch(config, mesh)
-    tx, schedule = make_optimizer(config.optim, config.train.num_steps)
-    bert = BertForPreTraining(model)
-    seq, slots = metadata["max_seq_length"], metadata["max_predictions_per_seq"]
-
-    def init(rng):
-        return init_state(bert, tx, rng, seq, slots)
-
+def setup(task: Task, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation, schedule: optax.Schedule,
+          global_batch_size: int, grad_accum_steps: int = 1, eval_batch_size: int = 0, batch_flag: str = "") -> Run:
+    """Checks the batch against the mesh, then builds sharded initialisation (jax.eval_shape ->
+    logical partition specs -> mesh shardings) and the jitted train and eval steps."""
+    sharding.check_batch(global_batch_size, mesh, grad_accum_steps, eval_batch_size, batch_flag)
+    init = functools.partial(init_state, task, tx)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     state_shardings = sharding.logical_shardings(abstract, mesh)
-    data = sharding.batch_sharding(mesh)
-    replicated = sharding.replicated(mesh)
-    use_nsp = metadata["pair_task"] != "none"
-    options = cpu_tuning.compiler_options(mesh)
-    train_step = jax.jit(
-        make_train_step(model, tx, schedule, config.train.grad_accum_steps, use_nsp),
-        in_shardings=(state_shardings, data, replicated), out_shardings=(state_shardings, replicated),
-        donate_argnums=0, compiler_options=options)
-    eval_step = jax.jit(make_eval_step(model, use_nsp), in_shardings=(state_shardings.params, data),
-                        out_shardings=replicated, compiler_options=options)
-    init_jit = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_shardings)
-    abstract_state = sharding.placed_abstract(abstract, state_shardings)
-    return Run(model, mesh, state_shardings, abstract_state, train_step, eval_step, init_jit, metadata)
+    train_step = jax.jit(make_train_step(task, tx, schedule, grad_accum_steps),
+                         in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                         out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
+                         compiler_options=cpu_tuning.compiler_options(mesh))
+    return Run(task, mesh, state_shardings, sharding.placed_abstract(abstract, state_shardings),
+               init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_shardings),
+               train_step=train_step,
+               eval_step=evaluation.compile_eval_step(task, mesh, state_shardings.params))
 
 
-def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
-    """MLM loss / accuracy, perplexity and NSP metrics over `config.train.eval_steps` eval batches
-    (0 = the whole eval split); the same number of batches on every host."""
-    per_host = (config.data.eval_batch_size or config.train.global_batch_size) // jax.process_count()
-    count = input_pipeline.eval_batch_count(run.metadata, per_host, jax.process_count(), config.train.eval_steps)
-    totals = zero_metrics(SUM_KEYS)
-    bar = progress.progress_bar(count, "batch", jax.process_index() == 0, desc="eval", leave=False)
-    with bar, jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        for batch in input_pipeline.eval_batches(data_dir, run.metadata, per_host, count,
-                                                 seed=config.train.seed, mask_prob=config.data.mask_prob,
-                                                 process_index=jax.process_index(),
-                                                 process_count=jax.process_count()):
-            previous = totals
-            totals = jax.tree.map(jnp.add, totals, run.eval_step(params, sharding.global_batch(batch, run.mesh)))
-            jax.block_until_ready(previous)  # the batch before this one has finished (one stays in flight)
-            bar.update()
-        totals = jax.device_get(totals)
-    return metrics_log.normalize(totals, "eval")
+@dataclasses.dataclass
+class Start:
+    """Where a run starts: its state, base rng, the checkpoint's extra data, and the source
+    ('resume', 'init-from' or 'scratch')."""
+
+    state: object
+    rng: jax.Array
+    extra: dict
+    source: str
 
 
-ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+def restore_or_init(run: Run, checkpointer: Checkpointer, seed: int, init_from: Callable | None = None,
+                    workdir: str = "") -> Start:
+    """The start of a run, by priority: resume from the latest checkpoint in `checkpointer` >
+    `init_from(fresh params) -> params` (e.g. a pretrained encoder, imported weights) > scratch.
+    A checkpoint that does not fit the run's state is a one-line ValueError naming it."""
+    step = checkpointer.latest_step()
+    if step is not None:
+        try:
+            state, rng, extra = checkpointer.restore(run.abstract_state, step)
+        except ValueError as error:
+            raise ValueError(f"--workdir {workdir}: checkpoint {step} does not fit the config "
+                             f"({str(error).strip().splitlines()[0][:200]}); use a new --workdir") from None
+        return Start(state, rng, extra, "resume")
+    rng = jax.random.PRNGKey(seed)
+    state = run.init(jax.random.fold_in(rng, 1))
+    if init_from is None:
+        return Start(state, rng, {}, "scratch")
+    params = jax.device_put(init_from(state.params), run.state_shardings.params)
+    return Start(state.replace(params=params), rng, {}, "init-from")
 
 
-def _adopt_architecture(config, imported: BertConfig) -> None:
-    """An imported model fixes the architecture; dtype, dropout, scan and remat stay configurable."""
-    for field in ARCHITECTURE:
-        config.model[field] = getattr(imported, field)
-    if jax.process_index() == 0:
-        print(f"continuing from the imported model: {imported.num_layers} layers, hidden {imported.hidden_size}, "
-              f"vocabulary {imported.vocab_size}", flush=True)
-
-
-def _resolved_config(config, data_dir: str, model: BertConfig) -> dict:
-    """The config as written to WORKDIR/config.json: the model section resolved against the data."""
-    return config.to_dict() | {"model": dataclasses.asdict(model), "data_dir": data_dir}
-
-
-def _prepare_workdir(workdir: str, config, data_dir: str, model: BertConfig) -> None:
-    """Writes config.json, the tokenizer and data_metadata.json; called after the run-start checks."""
+def write_config(workdir: str, values: dict) -> None:
+    """Writes WORKDIR/config.json (process 0 only)."""
     if jax.process_index() != 0:
         return
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(_resolved_config(config, data_dir, model), f, indent=2)
-    tokenizer_dst = os.path.join(workdir, "tokenizer")
-    if not tf.io.gfile.exists(tokenizer_dst):
-        tokenizer_lib.copy_files(os.path.join(data_dir, "tokenizer"), tokenizer_dst)
-    tf.io.gfile.copy(os.path.join(data_dir, "metadata.json"), os.path.join(workdir, "data_metadata.json"),
-                     overwrite=True)
+    fs.makedirs(workdir)
+    with fs.open_text(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(values, f, indent=2)
 
 
-def _check_finite(host_metrics: dict, step: int, checkpointer: Checkpointer) -> None:
-    if not all(np.isfinite(v) for v in host_metrics.values()):
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} ({ {k: float(v) for k, v in host_metrics.items()} }); "
-            f"stopping. The last good checkpoint is step {checkpointer.latest_step()}; lower "
-            f"config.optim.learning_rate or raise warmup_steps")
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When the loop logs, evaluates and checkpoints (in steps). Evaluation also runs at the last
+    step; `eval_every` 0 = only there."""
+
+    num_steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    log_at_eval: bool = False  # also log train metrics at every evaluation (fine-tuning: each epoch)
+    checkpoint_at_eval: bool = False  # also checkpoint at every evaluation
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir: str,
-                       allow_changes: tuple[str, ...] = ()) -> dict:
-    """Pretrains BertForPreTraining on `data_dir`, resuming from `workdir` if it has checkpoints.
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """What the perf/ metrics need: examples and tokens per step, model FLOPs per step, the device's
+    peak TFLOP/s (0 = unknown: no MFU)."""
 
-    Before anything is written into `workdir`: the config's values are checked, the workdir is
-    locked against a second writer, the data checked against itself and the workdir's tokenizer,
-    and a resumed run's config compared with the saved one (`allow_changes`: schedule fields such
-    as 'train.num_steps' that may change deliberately; see run_checks.compare_with_saved).
-    Returns the last train and eval metrics. On SIGTERM it saves a checkpoint and returns early.
-    Local paths are made absolute; `workdir` must be local or on a file system orbax can write.
-    """
-    validate_pretraining(config)
-    allow_changes = run_checks.allowed_changes(allow_changes)
-    data_dir, workdir = fs.absolute(data_dir), fs.absolute(workdir)
-    fs.checkpoint_directory(workdir)
-    with exclusive_lock(workdir, "--workdir", enabled=jax.process_index() == 0):
-        return _train_and_evaluate(config, data_dir, workdir, allow_changes)
+    examples_per_step: int
+    tokens_per_step: int
+    step_flops: float
+    peak_tflops: float
 
-
-def _restore_checked(checkpointer: Checkpointer, run: Run, config, data_dir: str, workdir: str,
-                     allow_changes: tuple[str, ...]):
-    """The latest checkpoint of `workdir` after comparing the saved config with this run's (one-line
-    errors naming the fields); an orbax restore error becomes one line naming the checkpoint."""
-    step = checkpointer.latest_step()
-    if step is None:
-        return None
-    saved = run_checks.read_saved_config(workdir)
-    if saved is not None:
-        notes = run_checks.compare_with_saved(saved, _resolved_config(config, data_dir, run.model), step,
-                                              allow_changes)
-        if notes and jax.process_index() == 0:
-            print(f"resuming at step {step} with changed settings: {'; '.join(notes)}", flush=True)
-    try:
-        return checkpointer.restore(run.abstract_state)
-    except ValueError as error:
-        raise ValueError(f"--workdir {workdir}: checkpoint {step} does not fit the config "
-                         f"({str(error).strip().splitlines()[0][:200]}); use a new --workdir") from None
+    def metrics(self, steps: int, seconds: float) -> dict[str, float]:
+        seconds = max(seconds, 1e-9)
+        out = {"perf/examples_per_s": steps * self.examples_per_step / seconds,
+               "perf/tokens_per_s": steps * self.tokens_per_step / seconds}
+        if self.peak_tflops:
+            out["perf/mfu"] = steps * self.step_flops / seconds / (self.peak_tflops * 1e12 * jax.device_count())
+        return out
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdir: str,
-                        allow_changes: tuple[str, ...]) -> dict:
-    metadata = load_metadata(data_dir)
-    run_checks.check_prepared_data(data_dir, metadata)
-    imported = hf.load_imported(workdir)
-    if imported is not None:
-        _adopt_architecture(config, imported[0])
-    run_checks.check_tokenizer_matches(workdir, data_dir, metadata)
-    run = setup(config, metadata)
-    train = config.train
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), train.max_to_keep, create=False)
-    rng = jax.random.PRNGKey(train.seed)
-    restored = _restore_checked(checkpointer, run, config, data_dir, workdir, allow_changes)
-    _prepare_workdir(workdir, config, data_dir, run.model)
-    if restored is not None:
-        state, rng, _ = restored
-    else:
-        state = run.init(jax.random.fold_in(rng, 1))
-        if imported is not None:
-            params = hf_weights.params_from_hf(imported[1], run.model)
-            state = state.replace(params=jax.device_put(params, run.state_shardings.params))
-    start = int(state.step)
+@dataclasses.dataclass
+class Hooks:
+    """What a task's driver adds to the loop. `evaluate(params, step) -> metrics` (None: no eval data);
+    `on_eval(step, params, metrics)` after each evaluation (e.g. save the best model); `stop()`
+    checked before each step (e.g. early stopping); `extra()` JSON saved with each checkpoint."""
+
+    evaluate: Callable[[object, int], dict] | None = None
+    on_eval: Callable[[int, object, dict], None] = lambda step, params, metrics: None
+    stop: Callable[[], bool] = lambda: False
+    extra: Callable[[], dict] = dict
+
+
+@dataclasses.dataclass
+class Result:
+    """The last train (and eval) metrics, and whether SIGTERM ended the run early."""
+
+    metrics: dict
+    preempted: bool
+
+
+def fit(run: Run, start: Start, batches: Iterator[dict], cadence: Cadence, checkpointer: Checkpointer,
+        workdir: str, hooks: Hooks, *, describe: str, nonfinite_hint: str, curves=metrics_log.CURVES,
+        throughput: Throughput | None = None, desc: str | None = None) -> Result:
+    """Runs steps `start.state.step + 1` .. `cadence.num_steps` on per-host `batches` (numpy dicts laid
+    out as the task's batch spec; the first is for the step after the start). Logs to the console,
+    TensorBoard and metrics.jsonl (`describe`: the run's first console line), raises
+    NonFiniteLossError (`nonfinite_hint` says what to change) when a logged sum or the parameters
+    at a checkpoint are not finite, and on SIGTERM saves a checkpoint and returns early. Writes
+    curves.png at the end. Closes `checkpointer`."""
+    state, rng = start.state, start.rng
+    first = int(state.step)
     is_main = jax.process_index() == 0
-    bar = progress.progress_bar(train.num_steps, "step", is_main, initial=start)
-    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=start)
-    per_host = train.global_batch_size // jax.process_count()
-    batches = input_pipeline.train_batches(
-        data_dir, metadata, per_host, train.num_steps - start, seed=train.seed, mask_prob=config.data.mask_prob,
-        shuffle_buffer=config.data.shuffle_buffer, start_batch=start, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    seq = metadata["max_seq_length"]
-    step_flops = train.global_batch_size * flops.train_flops_per_sequence(
-        run.model, seq, metadata["max_predictions_per_seq"])
-    peak = flops.peak_tflops(jax.devices()[0].device_kind, train.peak_tflops_per_device)
+    bar = progress.progress_bar(cadence.num_steps, "step", is_main, initial=first, desc=desc)
+    logger = metrics_log.MetricsLogger(workdir, enabled=is_main, print_fn=bar.write, start_step=first)
     preemption = Preemption()
-    last = {}
+    last, preempted = {}, False
     window_start, window_steps = time.time(), 0
     if is_main:
-        bar.write(f"pretraining {run.model.num_layers}-layer BERT (hidden {run.model.hidden_size}) from step "
-                  f"{start} to {train.num_steps} on mesh {dict(run.mesh.shape)}; workdir {workdir}")
+        bar.write(f"{describe} from step {first} to {cadence.num_steps} on mesh {dict(run.mesh.shape)}; "
+                  f"workdir {workdir}")
     try:
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-            for step in range(start + 1, train.num_steps + 1):
+            for step in range(first + 1, cadence.num_steps + 1):
+                if hooks.stop():
+                    break
                 state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
                 checkpointer.check()
                 window_steps += 1
                 preempted = preemption.check(step)
-                final = step == train.num_steps
-                if step % train.log_every == 0 or final:
-                    host = jax.device_get(state.metrics)
-                    _check_finite(host, step, checkpointer)
-                    elapsed = time.time() - window_start
-                    last = metrics_log.normalize(host, "train") | _throughput(
-                        window_steps, elapsed, train.global_batch_size * seq, train.global_batch_size,
-                        step_flops, peak, jax.device_count())
+                final = step == cadence.num_steps
+                eval_due = bool(cadence.eval_every and step % cadence.eval_every == 0) or final
+                if step % cadence.log_every == 0 or final or (cadence.log_at_eval and eval_due):
+                    sums = jax.device_get(state.metrics)
+                    if not all(np.all(np.isfinite(v)) for v in sums.values()):
+                        raise NonFiniteLossError(
+                            f"non-finite loss at step {step} ({ {k: float(v) for k, v in sums.items()} }); "
+                            f"stopping. The last good checkpoint is step {checkpointer.latest_step()}; "
+                            f"{nonfinite_hint}")
+                    last = run.task.train_summary(sums)
+                    if throughput is not None:
+                        last |= throughput.metrics(window_steps, time.time() - window_start)
                     state = state.replace(metrics=jax.tree.map(jnp.zeros_like, state.metrics))
                     bar.update(window_steps)  # device_get waited for these steps: the bar counts finished ones
                     logger.write(step, last)
                     window_start, window_steps = time.time(), 0
-                if (train.eval_every and step % train.eval_every == 0 or final) and _has_eval(metadata):
-                    eval_metrics = evaluate(run, state.params, config, data_dir)
-                    last |= eval_metrics
-                    logger.write(step, eval_metrics)
+                if eval_due and hooks.evaluate is not None:
+                    scores = hooks.evaluate(state.params, step)
+                    last |= scores
+                    logger.write(step, scores)
+                    hooks.on_eval(step, state.params, scores)
                     window_start = time.time()
-                if step % train.checkpoint_every == 0 or final or preempted:
+                if (step % cadence.checkpoint_every == 0 or final or preempted
+                        or (cadence.checkpoint_at_eval and eval_due)):
                     if not bool(jax.device_get(all_finite(state.params))):
                         raise NonFiniteLossError(
                             f"non-finite parameters at step {step}; stopping. The last good checkpoint "
                             f"is step {checkpointer.latest_step()}")
-                    checkpointer.save(step, state, rng)
+                    checkpointer.save(step, state, rng, hooks.extra())
                     window_start = time.time()  # throughput counts training steps only
                 if preempted:
                     if is_main:
-                        print(f"SIGTERM: saved a checkpoint at step {step}; exiting", flush=True)
+                        bar.write(f"SIGTERM: saved a checkpoint at step {step}; run the same command to continue")
                     break
     finally:
         bar.close()
         preemption.restore()
         checkpointer.close()
-    if is_main and not preemption.requested:
-        print(f"wrote {metrics_log.plot_curves(workdir)}", flush=True)
-    return last
-
-
-def _has_eval(metadata: dict) -> bool:
-    return metadata["splits"]["eval"]["examples"] > 0
-
-
-def _throughput(steps, seconds, tokens_per_step, examples_per_step, step_flops, peak, devices) -> dict:
-    seconds = max(seconds, 1e-9)
-    out = {"perf/examples_per_s": steps * examples_per_step / seconds,
-           "perf/tokens_per_s": steps * tokens_per_step / seconds}
-    if peak:
-        out["perf/mfu"] = steps * step_flops / seconds / (peak * 1e12 * devices)
-    return out
-
-
-def restore_workdir(workdir: str, metadata: dict, config=None):
-    """(run, state) of the latest checkpoint in a pretraining `workdir`, set up for `metadata`."""
-    from bert_jax.config.loading import config_from_workdir
-
-    workdir = fs.absolute(workdir)
-    config = config or config_from_workdir(workdir)
-    pretrained.check_workdir_tokenizer(workdir)
-    run = setup(config, metadata)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.max_to_keep)
-    restored = checkpointer.restore(run.abstract_state)
-    checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"--workdir {workdir}: no checkpoint yet")
-    return run, restored[0]
-
-
-def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[str, float]:
-    """`bert-jax evaluate`: the latest checkpoint of `workdir` on the eval split of `data_dir`."""
-    from bert_jax.config.loading import config_from_workdir
-
-    workdir, data_dir = fs.absolute(workdir), fs.absolute(data_dir)
-    config = config_from_workdir(workdir)
-    config.train.eval_steps = eval_steps
-    metadata = load_metadata(data_dir)
-    if not _has_eval(metadata):
-        raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
-    run_checks.check_prepared_data(data_dir, metadata)
-    run_checks.check_tokenizer_matches(workdir, data_dir, metadata)
-    run, state = restore_workdir(workdir, metadata, config)
-    return {"step": int(state.step)} | evaluate(run, state.params, config, data_dir)
+    if is_main and not preempted:
+        print(f"wrote {metrics_log.plot_curves(workdir, curves)}", flush=True)
+    return Result(last, preempted)
