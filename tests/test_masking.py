@@ -6,7 +6,7 @@ import pytest
 from bert_jax.data.masking import MaskingConfig, mask_batch
 
 VOCAB = 1000
-CONFIG = MaskingConfig(mask_prob=0.15, max_predictions=20, vocab_size=VOCAB, mask_id=4,
+CONFIG = MaskingConfig(mask_prob=0.15, max_predictions_per_seq=20, vocab_size=VOCAB, mask_id=4,
                        special_ids=(0, 1, 2, 3, 4))
 
 

@@ -135,7 +135,8 @@ def test_the_spec_holds_what_prepare_data_recorded_and_batches_follow_the_batch_
     spec = DataSpec.read(data_dir)
     recorded = json.load(open(os.path.join(data_dir, "metadata.json")))
     assert (spec.max_seq_length, spec.max_predictions_per_seq, spec.vocab_size) == (32, 5, 100)
-    assert spec.special_ids == recorded["special_ids"] and spec.tokenizer_fingerprint == recorded["tokenizer"]["fingerprint"]
+    assert spec.special_ids == recorded["special_ids"]
+    assert spec.tokenizer_fingerprint == recorded["tokenizer"]["fingerprint"]
     assert [spec.splits[s].examples for s in ("train", "eval")] == [recorded["splits"][s]["examples"]
                                                                     for s in ("train", "eval")]
     layout = spec.batch_spec()
@@ -144,7 +145,8 @@ def test_the_spec_holds_what_prepare_data_recorded_and_batches_follow_the_batch_
     layout.check(train)
     for batch in input_pipeline.eval_batches(data_dir, spec, 4, 2, seed=0, mask_prob=0.15):
         layout.check(batch)
-    with pytest.raises(ValueError, match=r"batch\['masked_lm_ids'\] is int32\[4, 6\], the batch spec says int32\[4, 5\]"):
+    with pytest.raises(ValueError, match=r"batch\['masked_lm_ids'\] is int32\[4, 6\], the batch spec says "
+                                         r"int32\[4, 5\]"):
         layout.check(train | {"masked_lm_ids": np.zeros((4, 6), np.int32)})
 
 

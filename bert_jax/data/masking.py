@@ -16,7 +16,7 @@ class MaskingConfig:
     """What to mask: share of real tokens, slots per sequence and the vocabulary layout."""
 
     mask_prob: float
-    max_predictions: int
+    max_predictions_per_seq: int
     vocab_size: int
     mask_id: int
     special_ids: tuple[int, ...]  # never masked, never drawn as random replacements
@@ -26,8 +26,8 @@ class MaskingConfig:
     def __post_init__(self):
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        if self.max_predictions <= 0:
-            raise ValueError(f"max_predictions_per_seq must be positive, got {self.max_predictions}")
+        if self.max_predictions_per_seq <= 0:
+            raise ValueError(f"max_predictions_per_seq must be positive, got {self.max_predictions_per_seq}")
         if self.mask_id not in self.special_ids:
             raise ValueError(f"mask_id {self.mask_id} must be one of the special ids {self.special_ids}")
 
@@ -43,12 +43,12 @@ def mask_batch(input_ids: np.ndarray, input_mask: np.ndarray, word_starts: np.nd
     """Masks whole words in `input_ids` [B, S] int; `input_mask` [B, S] (1 = real token, 0 = padding)
     decides what is real, never an assumed padding id, and padding keeps its ids.
 
-    Per sequence, `min(max_predictions, max(1, round(n * mask_prob)))` tokens are predicted, where
+    Per sequence, `min(max_predictions_per_seq, max(1, round(n * mask_prob)))` tokens are predicted, where
     n counts real non-special tokens; words are drawn in random order and taken whole while they
     fit the budget (as google-research/bert). Each chosen word is then, as a whole, replaced by
     [MASK] (80%), by random non-special tokens (10%) or left unchanged (10%).
     Returns `input_ids` (masked), `masked_lm_positions`, `masked_lm_ids` and `masked_lm_weights`
-    (1.0 for real predictions, 0.0 for padding slots), each [B, max_predictions].
+    (1.0 for real predictions, 0.0 for padding slots), each [B, max_predictions_per_seq].
     """
     ids = np.asarray(input_ids, dtype=np.int32)
     batch, length = ids.shape
@@ -62,7 +62,7 @@ def mask_batch(input_ids: np.ndarray, input_mask: np.ndarray, word_starts: np.nd
     np.add.at(word_lengths, (np.broadcast_to(rows, ids.shape)[candidate], word_of[candidate]), 1)
 
     num_candidates = candidate.sum(axis=1)
-    budget = np.minimum(config.max_predictions,
+    budget = np.minimum(config.max_predictions_per_seq,
                         np.maximum(1, np.floor(num_candidates * config.mask_prob + 0.5))).astype(np.int32)
     budget = np.where(num_candidates > 0, budget, 0)
 
@@ -88,10 +88,10 @@ def mask_batch(input_ids: np.ndarray, input_mask: np.ndarray, word_starts: np.nd
     random_ids = ordinary[rng.integers(0, len(ordinary), ids.shape)]
     masked = np.where(to_mask, config.mask_id, np.where(to_random, random_ids, ids))
 
-    slots = min(config.max_predictions, length)
+    slots = min(config.max_predictions_per_seq, length)
     positions = np.argsort(~selected, axis=1, kind="stable")[:, :slots]
     weights = np.take_along_axis(selected, positions, axis=1)
-    pad = config.max_predictions - slots
+    pad = config.max_predictions_per_seq - slots
     positions = np.pad(np.where(weights, positions, 0), ((0, 0), (0, pad)))
     labels = np.where(np.pad(weights, ((0, 0), (0, pad))),
                       np.take_along_axis(ids, positions, axis=1), 0)

@@ -126,6 +126,11 @@ class DataSpec:
         if not fs.exists(path):
             raise FileNotFoundError(f"--data {data_dir}: no {METADATA_FILE}; not a finished "
                                     f"`bert-jax prepare-data` output")
+        return cls.read_file(path)
+
+    @classmethod
+    def read_file(cls, path: str) -> DataSpec:
+        """The spec in a metadata.json at `path` (also a workdir's copy, data_metadata.json); errors as `read`."""
         try:
             values = json.loads(fs.read_text(path))
         except json.JSONDecodeError as error:

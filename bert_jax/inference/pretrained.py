@@ -8,7 +8,6 @@ slice or with `--config.mesh.fsdp=8` loads on a laptop's single device.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -17,6 +16,7 @@ from flax import traverse_util
 
 from bert_jax import fs
 from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.data.spec import DataSpec
 from bert_jax.inference import hf
 from bert_jax.models import hf_weights
 from bert_jax.models.bert import BertConfig
@@ -106,8 +106,7 @@ def check_workdir_tokenizer(workdir: str) -> None:
     path = os.path.join(workdir, "data_metadata.json")
     if not fs.exists(path):
         return
-    with fs.open_text(path) as f:
-        expected = json.load(f)["tokenizer"]["fingerprint"]
+    expected = DataSpec.read_file(path).tokenizer_fingerprint
     found = tokenizer_lib.load(os.path.join(workdir, "tokenizer")).fingerprint
     if found != expected:
         raise ValueError(f"{workdir}/tokenizer (fingerprint {found}) is not the tokenizer the model was "

@@ -210,9 +210,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
         flops.peak_tflops(jax.devices()[0].device_kind, train.peak_tflops_per_device))
     hooks = trainer.Hooks(evaluate=(lambda params, _: evaluate(run.task, run.eval_step, params, run.mesh, config,
                                                                 data_dir)) if spec.has_eval else None)
+    cadence = trainer.Cadence(train.num_steps, train.log_every, train.eval_every, train.checkpoint_every)
     result = trainer.fit(
-        run, start, batches, trainer.Cadence(train.num_steps, train.log_every, train.eval_every, train.checkpoint_every),
-        checkpointer, workdir, hooks, throughput=throughput,
+        run, start, batches, cadence, checkpointer, workdir, hooks, throughput=throughput,
         describe=f"pretraining {model.num_layers}-layer BERT (hidden {model.hidden_size})",
         nonfinite_hint="lower config.optim.learning_rate or raise warmup_steps")
     return result.metrics
