@@ -74,6 +74,18 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
         trainer.restore_or_init(tiny_run, Checkpointer(str(tmp_path / "c"), 2), 0, workdir="w")
 
 
+def test_a_batch_of_another_layout_is_named_before_the_first_step(tiny_run, tmp_path):
+    start = trainer.restore_or_init(tiny_run, Checkpointer(str(tmp_path / "c"), 2, create=False), seed=0)
+    bad = tiny_run.task.batch_spec.zeros(8) | {"masked_lm_ids": np.zeros((8, 3), np.int32)}
+    checkpointer = Checkpointer(str(tmp_path / "c"), 2, create=False)
+    with pytest.raises(ValueError) as error:
+        trainer.fit(tiny_run, start, iter([bad]), trainer.Cadence(1, 1, 0, 1), checkpointer, str(tmp_path),
+                    trainer.Hooks(), describe="pretraining", nonfinite_hint="")
+    assert str(error.value) == ("the first training batch['masked_lm_ids'] is int32[8, 3], the batch spec says "
+                                "int32[8, 2]")
+    assert not os.path.exists(tmp_path / "c")  # no step ran, nothing was saved
+
+
 def test_evaluate_loads_the_parameters_only_and_gives_the_training_setups_metrics(sharded_workdirs, tmp_path,
                                                                                   monkeypatch):
     workdir = sharded_workdirs["fsdp8"]

@@ -180,7 +180,10 @@ def fit(run: Run, start: Start, batches: Iterator[dict], cadence: Cadence, check
             for step in range(first + 1, cadence.num_steps + 1):
                 if hooks.stop():
                     break
-                state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
+                batch = next(batches)
+                if step == first + 1:  # one look at the layout: a mismatch is named here, not by XLA
+                    run.task.batch_spec.check(batch, "the first training batch")
+                state, _ = run.train_step(state, sharding.global_batch(batch, run.mesh), rng)
                 checkpointer.check()
                 window_steps += 1
                 preempted = preemption.check(step)
