@@ -1,4 +1,5 @@
-"""Exports a model as a Hugging Face BERT directory that looks like a Hub model.
+"""Exports a model as a Hugging Face BERT directory that looks like a Hub model, to a local
+directory or a URL (`bert_jax.fs`: built locally, then uploaded).
 
 Writes `config.json`, `model.safetensors` (BertForPreTraining weights), the tokenizer
 (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`, plus our own files so
