@@ -20,6 +20,11 @@ from bert_jax.training import checkpoint, optim, run_checks, sharding, trainer
 from bert_jax.training.checkpoint import Checkpointer
 
 
+def _read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def _data_dir(workdir: str) -> str:
     return os.path.join(os.path.dirname(workdir), "data")  # where the sharded_workdirs fixture prepared it
 
@@ -91,7 +96,7 @@ def test_evaluate_loads_the_parameters_only_and_gives_the_training_setups_metric
     workdir = sharded_workdirs["fsdp8"]
     data_dir = _data_dir(workdir)
     spec = DataSpec.read(data_dir)
-    config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
     run = pretraining.setup(config, spec)  # the training setup, as `evaluate` was before: optimizer, train step
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), 3)
     state, _, _ = checkpointer.restore(run.abstract_state)
@@ -113,9 +118,9 @@ def test_evaluate_loads_the_parameters_only_and_gives_the_training_setups_metric
     # A mesh this machine does not have (fsdp=16 on 8 devices): data parallel over the devices it has.
     moved = tmp_path / "moved"
     shutil.copytree(workdir, moved)
-    saved = json.load(open(moved / "config.json"))
+    saved = _read_json(moved / "config.json")
     saved["mesh"] = {"data": 1, "fsdp": 16, "tensor": 1}
-    json.dump(saved, open(moved / "config.json", "w"))
+    (moved / "config.json").write_text(json.dumps(saved))
     elsewhere = pretraining.evaluate_workdir(str(moved), data_dir)
     for key in reference:
         assert elsewhere[key] == pytest.approx(reference[key], rel=1e-5), key
@@ -134,7 +139,7 @@ def test_evaluate_loads_the_parameters_only_and_gives_the_training_setups_metric
     (lambda m: m["tokenizer"].pop("fingerprint"), "field 'tokenizer.fingerprint' is missing"),
 ])
 def test_a_bad_metadata_json_is_a_one_line_error_naming_file_and_field(sharded_workdirs, tmp_path, edit, message):
-    values = json.load(open(os.path.join(_data_dir(sharded_workdirs["fsdp8"]), "metadata.json")))
+    values = _read_json(os.path.join(_data_dir(sharded_workdirs["fsdp8"]), "metadata.json"))
     edit(values)
     (tmp_path / "metadata.json").write_text(json.dumps(values))
     with pytest.raises(ValueError) as error:
@@ -145,7 +150,7 @@ def test_a_bad_metadata_json_is_a_one_line_error_naming_file_and_field(sharded_w
 def test_the_spec_holds_what_prepare_data_recorded_and_batches_follow_the_batch_spec(sharded_workdirs):
     data_dir = _data_dir(sharded_workdirs["fsdp8"])
     spec = DataSpec.read(data_dir)
-    recorded = json.load(open(os.path.join(data_dir, "metadata.json")))
+    recorded = _read_json(os.path.join(data_dir, "metadata.json"))
     assert (spec.max_seq_length, spec.max_predictions_per_seq, spec.vocab_size) == (32, 5, 100)
     assert spec.special_ids == recorded["special_ids"]
     assert spec.tokenizer_fingerprint == recorded["tokenizer"]["fingerprint"]
@@ -165,7 +170,7 @@ def test_the_spec_holds_what_prepare_data_recorded_and_batches_follow_the_batch_
 def test_config_fields_that_repeat_the_data_follow_it_and_old_configs_still_resume(sharded_workdirs):
     workdir = sharded_workdirs["fsdp8"]
     spec = DataSpec.read(_data_dir(workdir))
-    saved = json.load(open(os.path.join(workdir, "config.json")))  # written with explicit 32 / 5
+    saved = _read_json(os.path.join(workdir, "config.json"))  # written with explicit 32 / 5
     config = tiny_config()
     config.update_from_flattened_dict({"data.max_seq_length": 0, "data.max_predictions_per_seq": 0,
                                        "model.max_position_embeddings": 64, "train.num_steps": 2,

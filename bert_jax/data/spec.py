@@ -17,12 +17,11 @@ import numpy as np
 
 from bert_jax import fs
 from bert_jax.data.instances import PAIR_TASKS
+from bert_jax.data.tokenizer import SPECIAL_TOKENS  # every tokenizer has them; the spec holds their ids
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 MASKING = ("dynamic", "static")
-# The special tokens every tokenizer has (bert_jax.data.tokenizer); the spec needs their ids.
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 @dataclasses.dataclass(frozen=True)
