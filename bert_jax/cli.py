@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bert-jax` console script. Returns the exit status: 0, 2 for bad input,
     1 for a failed run; `--debug` (or BERT_JAX_DEBUG=1) shows tracebacks instead of one line."""
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
-        from bert_jax.training import cpu_tuning
+        from bert_jax import backend
 
-        cpu_tuning.reexec_with_tuned_malloc()
+        backend.reexec_with_tuned_malloc()
     args, unknown = build_parser().parse_known_args(argv)
     if unknown and not getattr(args, "accepts_overrides", False):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -29,7 +29,8 @@ from bert_jax.data.finetune_data import Examples, batch_indices, encode, host_ba
 from bert_jax.inference import pretrained
 from bert_jax.models.bert import BertConfig, BertModel, Dense
 from bert_jax import metrics_log
-from bert_jax.training import cpu_tuning, sharding
+from bert_jax import backend
+from bert_jax.training import sharding
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.optim import make_optimizer
 from bert_jax.training.preemption import Preemption
@@ -129,7 +130,7 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = sharding.logical_shardings(abstract, mesh)
     data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    options = cpu_tuning.compiler_options(mesh)
+    options = backend.compiler_options(mesh)
     return FinetuneRun(
         mesh, shardings, sharding.placed_abstract(abstract, shardings),
         init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings),

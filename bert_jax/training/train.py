@@ -23,7 +23,8 @@ from bert_jax.models import flops, hf_weights
 from bert_jax.models.bert import BertConfig, BertForPreTraining
 from bert_jax.staging import exclusive_lock
 from bert_jax import metrics_log
-from bert_jax.training import cpu_tuning, run_checks, sharding
+from bert_jax import backend
+from bert_jax.training import run_checks, sharding
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.optim import make_optimizer
 from bert_jax.training.preemption import Preemption
@@ -98,7 +99,7 @@ def setup(config: ml_collections.ConfigDict, metadata: dict, mesh=None) -> Run:
     data = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     use_nsp = metadata["pair_task"] != "none"
-    options = cpu_tuning.compiler_options(mesh)
+    options = backend.compiler_options(mesh)
     train_step = jax.jit(
         make_train_step(model, tx, schedule, config.train.grad_accum_steps, use_nsp),
         in_shardings=(state_shardings, data, replicated), out_shardings=(state_shardings, replicated),
