@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from bert_jax.config import flag_fields
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
@@ -88,8 +90,8 @@ def _pretrain(args) -> None:
     from bert_jax.training.distributed import maybe_initialize
     from bert_jax.training.train import train_and_evaluate
 
-    maybe_initialize()
     config = load_config(args.config, args.overrides)
+    maybe_initialize()
     metrics = train_and_evaluate(config, args.data, args.workdir, tuple(args.allow_change))
     if jax_process_index() == 0:
         print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=1))
@@ -109,7 +111,8 @@ def _evaluate(args) -> None:
 
 def _add_train_parsers(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="pretrain BertForPreTraining on prepared shards",
-                              epilog="Any config field can be overridden: --config.train.num_steps=1000")
+                              epilog="Any config field can be overridden: --config.train.num_steps=1000 or "
+                                     "--config.train.num_steps 1000")
     p.add_argument("--config", required=True,
                    help="a packaged config (tiny, mini, small, medium, base, large, demo) or a .py file "
                         "with get_config()")
@@ -180,10 +183,6 @@ def _add_hf_parsers(subparsers) -> None:
     p.set_defaults(run=_import_hf)
 
 
-FINETUNE_FLAGS = {"max_length": "max_length", "batch_size": "global_batch_size", "epochs": "epochs",
-                  "learning_rate": "learning_rate", "patience": "patience", "seed": "seed"}
-
-
 def _finetune(args) -> None:
     from bert_jax.config.defaults import finetune_config
     from bert_jax.config.loading import apply_overrides
@@ -192,13 +191,10 @@ def _finetune(args) -> None:
 
     if (args.task == "pair-classification") != bool(args.text_pair_column):
         raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
-    maybe_initialize()
     config = finetune_config()
-    for flag, field in FINETUNE_FLAGS.items():
-        if getattr(args, flag) is not None:
-            config.train[field] = getattr(args, flag)
-    config.train.from_scratch = args.from_scratch
-    apply_overrides(config, args.overrides)
+    config.update_from_flattened_dict(flag_fields.given(args, flag_fields.FINETUNE))
+    apply_overrides(config, args.overrides)  # after the flags: --config.train.epochs=5 wins over --epochs
+    maybe_initialize()
     result = finetune(args.model, args.train, args.eval, args.workdir, args.text_column, args.label_column,
                       args.text_pair_column, config, args.labels, args.skip_bad_rows)
     if jax_process_index() == 0:
@@ -239,13 +235,7 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip and count rows with the wrong number of fields, bad JSON or an empty label "
                         "(default: an error naming the line)")
-    p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
-    p.add_argument("--batch-size", type=int, help="global batch (default 32)")
-    p.add_argument("--epochs", type=int, help="default 3")
-    p.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
-    p.add_argument("--patience", type=int, help="epochs without eval improvement before stopping (default 1)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--from-scratch", action="store_true", help="random weights, same architecture (baseline)")
+    add_config_flags(p, flag_fields.FINETUNE, "finetune_config")
     p.set_defaults(run=_finetune, accepts_overrides=True)
     p = subparsers.add_parser("predict", help="predictions with probabilities from a fine-tuned model")
     p.add_argument("--model", required=True)
@@ -259,15 +249,16 @@ def _add_finetune_parsers(subparsers) -> None:
 def _demo(args) -> None:
     from bert_jax.demo import run_demo
 
-    run_demo(args.workdir, args.corpus, args.steps)
+    run_demo(args.workdir, args.corpus, args.steps, overrides=args.overrides)
 
 
 def _add_demo_parser(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)")
+    p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)",
+                              epilog="Any field of the demo config can be overridden: --config.model.num_layers=4")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--corpus", help="your own text (a sentence per line, blank line between documents)")
-    p.add_argument("--steps", type=int, help="pretraining steps (default: the demo config's 800)")
-    p.set_defaults(run=_demo)
+    add_config_flags(p, flag_fields.DEMO, "demo_config")
+    p.set_defaults(run=_demo, accepts_overrides=True)
 
 
 class OldFlagName(argparse.Action):
@@ -293,11 +284,38 @@ def add_model_flag(parser: argparse.ArgumentParser, help: str, old_name: str | N
         group.add_argument(old_name, dest="model", metavar="DIR", action=OldFlagName, help=argparse.SUPPRESS)
 
 
+def add_config_flags(parser: argparse.ArgumentParser, table: dict[str, tuple], defaults: str) -> None:
+    """Adds the flags of `table` (`bert_jax.config.flag_fields`), each a short name for a field of
+    the config that `bert_jax.config.defaults.<defaults>()` makes. They default to None (not given):
+    the field keeps the one default, which --help reads from the config (`HelpFormatter`)."""
+    for flag, (field, kind, text) in table.items():
+        if kind is bool:
+            action = parser.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            action = parser.add_argument(flag, type=kind, help=text)
+        action.config_field = (defaults, field)
+
+
+def config_default(defaults: str, field: str):
+    """The default of config field `field` ('train.epochs') in `bert_jax.config.defaults.<defaults>()`."""
+    from bert_jax.config import defaults as defaults_module
+
+    config = getattr(defaults_module, defaults)()
+    for name in field.split("."):
+        config = config[name]
+    return config
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each flag's default, except where there is none to show (None, a store_true
-    flag's False) or the help text already says it."""
+    flag's False) or the help text already says it; a flag that sets a config field shows the
+    field's default, read from the config only when help is shown."""
 
     def _get_help_string(self, action):
+        if hasattr(action, "config_field"):
+            defaults, field = action.config_field
+            value = str(config_default(defaults, field)).replace("%", "%%")
+            return f"{action.help} (default: {value}; sets config.{field})"
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)

@@ -128,7 +128,7 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
         return {"confusion": confusion, "loss_sum": jnp.sum(nll * weights)}
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    shardings = sharding.logical_shardings(abstract, mesh)
+    shardings = sharding.logical_shardings(abstract, mesh, sharding.axis_rules(config.mesh))
     data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     options = backend.compiler_options(mesh)
     return FinetuneRun(
@@ -228,7 +228,7 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     unreported = 0  # steps run since the bar last moved
     preemption, order = Preemption(), None
     try:
-        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.axis_rules(config.mesh)):
             while step < num_steps and not _patience_spent(history, train_cfg.patience):
                 epoch, position = divmod(step, steps_per_epoch)
                 if position == 0 or order is None:  # the example order is drawn once per epoch
