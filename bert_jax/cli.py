@@ -87,10 +87,11 @@ def _add_prepare_parser(subparsers) -> None:
 
 def _pretrain(args) -> None:
     from bert_jax.config.loading import load_config
+
+    config = load_config(args.config, args.overrides)  # before JAX and TensorFlow load: errors come at once
     from bert_jax.training.distributed import maybe_initialize
     from bert_jax.training.train import train_and_evaluate
 
-    config = load_config(args.config, args.overrides)
     maybe_initialize()
     metrics = train_and_evaluate(config, args.data, args.workdir, tuple(args.allow_change))
     if jax_process_index() == 0:
@@ -183,17 +184,24 @@ def _add_hf_parsers(subparsers) -> None:
     p.set_defaults(run=_import_hf)
 
 
-def _finetune(args) -> None:
+def finetune_config_from(args):
+    """`bert_jax.config.defaults.finetune_config()` with the `finetune` flags that name config
+    fields (`--epochs`, ...), then the `--config.a.b` overrides, which win over those flags."""
     from bert_jax.config.defaults import finetune_config
     from bert_jax.config.loading import apply_overrides
+
+    config = finetune_config()
+    config.update_from_flattened_dict(flag_fields.given(args, flag_fields.FINETUNE))
+    return apply_overrides(config, args.overrides)
+
+
+def _finetune(args) -> None:
+    if (args.task == "pair-classification") != bool(args.text_pair_column):
+        raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
+    config = finetune_config_from(args)  # before JAX and TensorFlow load: errors come at once
     from bert_jax.training.distributed import maybe_initialize
     from bert_jax.training.finetune import finetune
 
-    if (args.task == "pair-classification") != bool(args.text_pair_column):
-        raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
-    config = finetune_config()
-    config.update_from_flattened_dict(flag_fields.given(args, flag_fields.FINETUNE))
-    apply_overrides(config, args.overrides)  # after the flags: --config.train.epochs=5 wins over --epochs
     maybe_initialize()
     result = finetune(args.model, args.train, args.eval, args.workdir, args.text_column, args.label_column,
                       args.text_pair_column, config, args.labels, args.skip_bad_rows)

@@ -65,19 +65,20 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
     the demo config's step count and caps its warmup at a tenth of it; `overrides` (`--config.a.b=value`
     tokens, `bert_jax.config.loading.apply_overrides`) are applied to the demo config after that.
     Bad overrides are a ValueError before anything is written."""
-    from bert_jax import fs
     from bert_jax.config.defaults import demo_config
     from bert_jax.config.loading import apply_overrides
-    from bert_jax.data import tokenizer_training
-    from bert_jax.data.pretraining_data import METADATA_FILE, DataSettings, prepare_data
-    from bert_jax.inference import fill_mask, pretrained
-    from bert_jax.training.train import train_and_evaluate
 
     config = demo_config()
     if num_steps:
         config.train.num_steps = num_steps
         config.optim.warmup_steps = min(config.optim.warmup_steps, num_steps // 10)
-    apply_overrides(config, overrides)
+    apply_overrides(config, overrides)  # before JAX and TensorFlow load: errors come at once
+    from bert_jax import fs
+    from bert_jax.data import tokenizer_training
+    from bert_jax.data.pretraining_data import METADATA_FILE, DataSettings, prepare_data
+    from bert_jax.inference import fill_mask, pretrained
+    from bert_jax.training.train import train_and_evaluate
+
     workdir, corpus = fs.absolute(workdir), fs.absolute(corpus)
     os.makedirs(workdir, exist_ok=True)
     if corpus is None:

@@ -137,7 +137,7 @@ def validate_axis_rules(mesh: ml_collections.ConfigDict) -> None:
     logical = [name for name, _ in mesh_config().logical_axis_rules]
     mesh_axes = [name for name, value in mesh.items() if isinstance(value, int)]
     for rule in mesh.logical_axis_rules:
-        where = f"config.mesh.logical_axis_rules: rule {tuple(rule)!r}"
+        where = f"config.mesh.logical_axis_rules: rule {rule!r}"
         if not isinstance(rule, (tuple, list)) or len(rule) != 2:
             raise ValueError(f"{where} is not a pair (logical axis, mesh axis | tuple of mesh axes | None)")
         name, axes = rule
