@@ -96,13 +96,34 @@ def test_finetune_flags_are_config_fields_with_the_config_default(capsys):
         cli.build_parser().parse_args(["finetune", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     defaults = finetune_config()
-    for flag, (field, _, _) in flag_fields.FINETUNE.items():
+    for flag, (field, kind, _) in flag_fields.FINETUNE.items():
         section, name = field.split(".")
-        assert f"(default: {defaults[section][name]}; sets config.{field})" in help_text, flag
+        shown = "" if kind is bool else f" (default: {defaults[section][name]})"  # a switch is off by default
+        assert f"{flag}{'' if kind is bool else ' ' + flag[2:].upper().replace('-', '_')} " in help_text
+        assert f"sets config.{field}{shown}" in help_text, flag
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["demo", "--help"])
-    assert (f"(default: {demo_config().train.num_steps}; sets config.train.num_steps)"
+    assert (f"sets config.train.num_steps (default: {demo_config().train.num_steps})"
             in " ".join(capsys.readouterr().out.split()))
+
+
+def test_flags_with_a_setting_elsewhere_hold_no_default_of_their_own():
+    from bert_jax.data.pretraining_data import DataSettings
+
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    sourced = {(name, action.dest): action for name, command in commands.items() for action in command._actions
+               if hasattr(action, "default_source")}
+    assert {name for name, _ in sourced} == {"train-tokenizer", "prepare-data", "finetune", "demo"}
+    assert all(action.default is None for action in sourced.values())
+    assert {dest: a.default_source() for (name, dest), a in sourced.items() if name == "prepare-data"} == {
+        dest: getattr(DataSettings, dest) for (name, dest) in sourced if name == "prepare-data"}
+    assert [sourced[("train-tokenizer", dest)].default_source() for dest in ("vocab_size", "model_type", "seed")] == [
+        32000, "unigram", 0]  # the keywords of tokenizer_training.train
+    args, _ = cli.build_parser().parse_known_args(["prepare-data", "--input", "x", "--tokenizer", "t", "--output", "o"])
+    assert cli.data_settings_from(args) == DataSettings()
+    args, _ = cli.build_parser().parse_known_args(["prepare-data", "--input", "x", "--tokenizer", "t", "--output", "o",
+                                                   "--max-seq-length", "64", "--masking", "static"])
+    assert cli.data_settings_from(args) == DataSettings(max_seq_length=64, masking="static")
 
 
 def test_default_axis_rules_are_the_former_constants_and_survive_json():
