@@ -139,7 +139,8 @@ def _add_train_parsers(subparsers) -> None:
 def _fill_mask(args) -> None:
     from bert_jax.inference import fill_mask, pretrained
 
-    results = fill_mask.fill_mask(pretrained.load(args.model), args.text, top_k=args.top_k)
+    top_k = {} if args.top_k is None else {"top_k": args.top_k}
+    results = fill_mask.fill_mask(pretrained.load(args.model), args.text, **top_k)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
         return
@@ -172,7 +173,8 @@ def _add_hf_parsers(subparsers) -> None:
     p = subparsers.add_parser("fill-mask", help="top-k predictions for [MASK] tokens")
     p.add_argument("--model", required=True, help="pretraining workdir or Hugging Face directory")
     p.add_argument("text", nargs="+", help="texts with one or more [MASK]")
-    p.add_argument("--top-k", type=int, default=5)
+    _keyword_default("bert_jax.inference.fill_mask", "fill_mask")(
+        p.add_argument("--top-k", type=int, help="candidates per [MASK]"))
     p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
     p.set_defaults(run=_fill_mask)
     p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")

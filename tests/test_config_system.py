@@ -113,12 +113,13 @@ def test_flags_with_a_setting_elsewhere_hold_no_default_of_their_own():
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     sourced = {(name, action.dest): action for name, command in commands.items() for action in command._actions
                if hasattr(action, "default_source")}
-    assert {name for name, _ in sourced} == {"train-tokenizer", "prepare-data", "finetune", "demo"}
+    assert {name for name, _ in sourced} == {"train-tokenizer", "prepare-data", "fill-mask", "finetune", "demo"}
     assert all(action.default is None for action in sourced.values())
     assert {dest: a.default_source() for (name, dest), a in sourced.items() if name == "prepare-data"} == {
         dest: getattr(DataSettings, dest) for (name, dest) in sourced if name == "prepare-data"}
     assert [sourced[("train-tokenizer", dest)].default_source() for dest in ("vocab_size", "model_type", "seed")] == [
         32000, "unigram", 0]  # the keywords of tokenizer_training.train
+    assert sourced[("fill-mask", "top_k")].default_source() == 5  # fill_mask.fill_mask's
     args, _ = cli.build_parser().parse_known_args(["prepare-data", "--input", "x", "--tokenizer", "t", "--output", "o"])
     assert cli.data_settings_from(args) == DataSettings()
     args, _ = cli.build_parser().parse_known_args(["prepare-data", "--input", "x", "--tokenizer", "t", "--output", "o",
