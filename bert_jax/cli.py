@@ -154,7 +154,8 @@ def _fill_mask(args) -> None:
 def _export_hf(args) -> None:
     from bert_jax.inference import hf_export
 
-    model = hf_export.export_directory(args.model, args.output, args.language, args.license, args.keep_positions)
+    model = hf_export.export_directory(args.model, args.output, args.language, args.license, args.keep_positions,
+                                         progress=True)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
           f"BertForPreTraining and AutoTokenizer, or publish it with `hf upload USER/MODEL {args.output}`")
 
@@ -377,8 +378,12 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bert_jax import completion
+
     parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--print-completion", action=completion.PrintCompletion,
+                        help="print a tab-completion script for the shell (needs shtab)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_tokenizer_parser(subparsers)
     _add_prepare_parser(subparsers)
