@@ -37,7 +37,8 @@ def tiny_run():
                        max_position_embeddings=8)
     tx, schedule = optim.make_optimizer(tiny_config().optim, 10)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    return trainer.setup(pretraining.PretrainingTask(model, spec), mesh, tx, schedule, global_batch_size=8)
+    return trainer.setup(pretraining.PretrainingTask(model, spec), mesh, sharding.axis_rules(tiny_config().mesh), tx,
+                         schedule, global_batch_size=8)
 
 
 def _constant(value):
@@ -71,7 +72,7 @@ def test_a_checkpoint_of_another_model_is_a_one_line_error(tiny_run, tmp_path):
     wider = pretraining.PretrainingTask(BertConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=2,
                                                    intermediate_size=32, max_position_embeddings=8),
                                         tiny_run.task.spec)
-    other = trainer.setup(wider, tiny_run.mesh, *optim.make_optimizer(tiny_config().optim, 10), 8)
+    other = trainer.setup(wider, tiny_run.mesh, tiny_run.rules, *optim.make_optimizer(tiny_config().optim, 10), 8)
     checkpointer = Checkpointer(str(tmp_path / "c"), 2)
     checkpointer.save(1, other.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(0))
     checkpointer.close()
@@ -119,7 +120,7 @@ def test_evaluate_loads_the_parameters_only_and_gives_the_training_setups_metric
     moved = tmp_path / "moved"
     shutil.copytree(workdir, moved)
     saved = _read_json(moved / "config.json")
-    saved["mesh"] = {"data": 1, "fsdp": 16, "tensor": 1}
+    saved["mesh"].update(data=1, fsdp=16, tensor=1)
     (moved / "config.json").write_text(json.dumps(saved))
     elsewhere = pretraining.evaluate_workdir(str(moved), data_dir)
     for key in reference:

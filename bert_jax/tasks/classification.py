@@ -112,7 +112,8 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
     mesh = sharding.make_mesh(dict(config.mesh))
     tx, schedule = _optimizer(config.train, num_steps)
     task = ClassificationTask(model_config, num_labels, config.train.max_length)
-    return trainer.setup(task, mesh, tx, schedule, config.train.global_batch_size, batch_flag=" (--batch-size)")
+    return trainer.setup(task, mesh, sharding.axis_rules(config.mesh), tx, schedule, config.train.global_batch_size,
+                         batch_flag=" (--batch-size)")
 
 
 def _host_batch(examples: Examples, indices: np.ndarray) -> dict:
@@ -133,7 +134,7 @@ def evaluate(run: trainer.Run, params, examples: Examples, global_batch: int) ->
     """Loss, accuracy and macro-F1 over every example of `examples` (no dropout)."""
     order = batch_indices(len(examples.labels), global_batch, seed=None)
     return evaluation.evaluate(run.task, run.eval_step, params, (_host_batch(examples, i) for i in order),
-                                  run.mesh, len(order))
+                               run.mesh, run.rules, len(order))
 
 
 def _best(history: list[dict]) -> dict | None:

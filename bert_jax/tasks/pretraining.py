@@ -8,6 +8,7 @@ loads the parameters alone (no optimizer, no train step) and runs the task's eva
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -110,8 +111,8 @@ def setup(config: ml_collections.ConfigDict, spec: DataSpec, mesh=None) -> train
     model = resolve_model_config(config, spec)
     mesh = mesh or sharding.make_mesh(dict(config.mesh))
     tx, schedule = make_optimizer(config.optim, config.train.num_steps)
-    return trainer.setup(PretrainingTask(model, spec), mesh, tx, schedule, config.train.global_batch_size,
-                         config.train.grad_accum_steps, config.data.eval_batch_size)
+    return trainer.setup(PretrainingTask(model, spec), mesh, sharding.axis_rules(config.mesh), tx, schedule,
+                         config.train.global_batch_size, config.train.grad_accum_steps, config.data.eval_batch_size)
 
 
 def evaluate(task: PretrainingTask, eval_step, params, mesh, config, data_dir: str) -> dict[str, float]:
@@ -122,7 +123,7 @@ def evaluate(task: PretrainingTask, eval_step, params, mesh, config, data_dir: s
     batches = input_pipeline.eval_batches(data_dir, task.spec, per_host, count, seed=config.train.seed,
                                           mask_prob=config.data.mask_prob, process_index=jax.process_index(),
                                           process_count=jax.process_count())
-    return evaluation.evaluate(task, eval_step, params, batches, mesh, count)
+    return evaluation.evaluate(task, eval_step, params, batches, mesh, sharding.axis_rules(config.mesh), count)
 
 
 ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -139,11 +140,12 @@ def _adopt_architecture(config, imported: BertConfig) -> None:
 
 
 def _resolved_config(config, data_dir: str, model: BertConfig, spec: DataSpec) -> dict:
-    """The config as written to WORKDIR/config.json: the model section and the fields that follow the
-    data resolved against it (so config.json states the values the run used)."""
+    """The config as WORKDIR/config.json holds it (JSON types: tuples such as the axis rules become
+    lists, so that a resumed run compares like with like): the model section and the fields that
+    follow the data resolved against it (config.json states the values the run used)."""
     values = config.to_dict()
     values["data"] |= {field: getattr(spec, field) for field in FOLLOWS_DATA}
-    return values | {"model": dataclasses.asdict(model), "data_dir": data_dir}
+    return json.loads(json.dumps(values | {"model": dataclasses.asdict(model), "data_dir": data_dir}))
 
 
 def _prepare_workdir(workdir: str, resolved: dict, data_dir: str) -> None:
@@ -243,7 +245,7 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[s
     task = PretrainingTask(resolve_model_config(config, spec), spec)
     mesh = _eval_mesh(config)
     sharding.check_batch(config.data.eval_batch_size or config.train.global_batch_size, mesh)
-    shardings = sharding.logical_shardings(evaluation.abstract_params(task), mesh)
+    shardings = sharding.logical_shardings(evaluation.abstract_params(task), mesh, sharding.axis_rules(config.mesh))
     loaded = pretrained.load_workdir(workdir)
     params = jax.device_put(loaded.params, shardings)
     eval_step = evaluation.compile_eval_step(task, mesh, shardings)

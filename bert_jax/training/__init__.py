@@ -1,7 +1,6 @@
 """Training on a device mesh: the one loop every task runs (`trainer`), the jitted train step and the
 task contract (`train_step`), evaluation without an optimizer (`evaluation`), `optim`, `sharding`,
-orbax `checkpoint`s, `preemption`,
-`distributed` start-up, CPU host tuning (`cpu_tuning`) and the checks that a resumed run matches
+orbax `checkpoint`s, `preemption`, `distributed` start-up and the checks that a resumed run matches
 its data and config (`run_checks`)."""
 
 from bert_jax import lazy_submodules

@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax import progress
-from bert_jax.training import cpu_tuning, sharding
+from bert_jax import backend, progress
+from bert_jax.training import sharding
 
 
 def abstract_params(task):
@@ -23,15 +23,16 @@ def compile_eval_step(task, mesh: jax.sharding.Mesh, param_shardings):
     """`eval_step(params, global batch) -> sums`, jitted: parameters on `param_shardings`, the batch
     split over the mesh's data axes, the sums replicated."""
     return jax.jit(task.eval_sums, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh), compiler_options=cpu_tuning.compiler_options(mesh))
+                   out_shardings=sharding.replicated(mesh), compiler_options=backend.compiler_options(mesh))
 
 
-def evaluate(task, eval_step, params, batches: Iterable[dict], mesh: jax.sharding.Mesh, count: int) -> dict:
+def evaluate(task, eval_step, params, batches: Iterable[dict], mesh: jax.sharding.Mesh, rules, count: int) -> dict:
     """`task.eval_summary` of the eval sums over `count` per-host batches (numpy dicts laid out as
-    `task.batch_spec`), with a progress bar on process 0. One batch stays in flight."""
+    `task.batch_spec`) under the logical axis `rules`, with a progress bar on process 0. One batch
+    stays in flight."""
     totals = None
     bar = progress.progress_bar(count, "batch", jax.process_index() == 0, desc="eval", leave=False)
-    with bar, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with bar, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         for batch in batches:
             sums = eval_step(params, sharding.global_batch(batch, mesh))
             previous, totals = totals, sums if totals is None else jax.tree.map(jnp.add, totals, sums)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax import fs, metrics_log, progress
-from bert_jax.training import cpu_tuning, evaluation, sharding
+from bert_jax import backend, fs, metrics_log, progress
+from bert_jax.training import evaluation, sharding
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.preemption import Preemption
 from bert_jax.training.train_step import Task, all_finite, init_state, make_train_step
@@ -37,6 +37,7 @@ class Run:
 
     task: Task
     mesh: jax.sharding.Mesh
+    rules: tuple  # flax logical axis rules (`sharding.axis_rules(config.mesh)`)
     state_shardings: object
     abstract_state: object  # ShapeDtypeStructs with shardings, for restoring checkpoints
     init: Callable  # rng -> TrainState placed on state_shardings
@@ -44,19 +45,20 @@ class Run:
     eval_step: Callable  # (params, global batch) -> sums
 
 
-def setup(task: Task, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation, schedule: optax.Schedule,
+def setup(task: Task, mesh: jax.sharding.Mesh, rules, tx: optax.GradientTransformation, schedule: optax.Schedule,
           global_batch_size: int, grad_accum_steps: int = 1, eval_batch_size: int = 0, batch_flag: str = "") -> Run:
     """Checks the batch against the mesh, then builds sharded initialisation (jax.eval_shape ->
-    logical partition specs -> mesh shardings) and the jitted train and eval steps."""
+    logical partition specs -> mesh shardings by the logical axis `rules`) and the jitted train and
+    eval steps."""
     sharding.check_batch(global_batch_size, mesh, grad_accum_steps, eval_batch_size, batch_flag)
     init = functools.partial(init_state, task, tx)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    state_shardings = sharding.logical_shardings(abstract, mesh)
+    state_shardings = sharding.logical_shardings(abstract, mesh, rules)
     train_step = jax.jit(make_train_step(task, tx, schedule, grad_accum_steps),
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                          out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0,
-                         compiler_options=cpu_tuning.compiler_options(mesh))
-    return Run(task, mesh, state_shardings, sharding.placed_abstract(abstract, state_shardings),
+                         compiler_options=backend.compiler_options(mesh))
+    return Run(task, mesh, rules, state_shardings, sharding.placed_abstract(abstract, state_shardings),
                init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=state_shardings),
                train_step=train_step,
                eval_step=evaluation.compile_eval_step(task, mesh, state_shardings.params))
@@ -176,7 +178,7 @@ def fit(run: Run, start: Start, batches: Iterator[dict], cadence: Cadence, check
         bar.write(f"{describe} from step {first} to {cadence.num_steps} on mesh {dict(run.mesh.shape)}; "
                   f"workdir {workdir}")
     try:
-        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
             for step in range(first + 1, cadence.num_steps + 1):
                 if hooks.stop():
                     break
