@@ -28,7 +28,8 @@ def _prepare_data(args) -> None:
     from bert_jax.pretraining_data import DataSettings, prepare_data
 
     settings = DataSettings(
-        max_seq_length=args.max_seq_length, pair_task=args.pair_task, short_seq_prob=args.short_seq_prob,
+        max_seq_length=args.max_seq_length, pair_task=args.pair_task, pack_sequences=args.pack_sequences,
+        short_seq_prob=args.short_seq_prob,
         masking=args.masking, dupe_factor=args.dupe_factor, mask_prob=args.mask_prob,
         max_predictions_per_seq=args.max_predictions_per_seq, eval_fraction=args.eval_fraction,
         num_shards=args.num_shards, seed=args.seed, docs_per_chunk=args.docs_per_chunk,
@@ -67,6 +68,9 @@ def _add_prepare_parser(subparsers) -> None:
     p.add_argument("--output", required=True, help="data directory to create")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--pair-task", choices=["nsp", "sop", "none"], default="nsp")
+    p.add_argument("--pack-sequences", action="store_true",
+                   help="with --pair-task none: fill each example with whole sentences across documents, "
+                        "a [SEP] after each (RoBERTa's FULL-SENTENCES; for short documents such as reviews)")
     p.add_argument("--short-seq-prob", type=float, default=0.1)
     p.add_argument("--masking", choices=["dynamic", "static"], default="dynamic")
     p.add_argument("--dupe-factor", type=int, default=1)
@@ -111,7 +115,7 @@ def _add_train_parsers(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="pretrain BertForPreTraining on prepared shards",
                               epilog="Any config field can be overridden: --config.train.num_steps=1000")
     p.add_argument("--config", required=True,
-                   help="a packaged config (tiny, mini, small, medium, base, large, demo) or a .py file "
+                   help="a packaged config (tiny, mini, small, medium, base, large, demo, tiny_budget) or a .py file "
                         "with get_config()")
     p.add_argument("--data", required=True, help="directory from prepare-data")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and curves go here; resumes if present")
