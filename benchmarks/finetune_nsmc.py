@@ -68,7 +68,7 @@ def split_labelled(work: str) -> tuple[str, str, str]:
 
 
 def read_table(path: str) -> tuple[list[str], list[int]]:
-    from bert_jax.finetune_data import read_table as read
+    from bert_jax.data.finetune_data import read_table as read
 
     rows = read(path, ["document"], "label").rows
     return [row["document"] for row in rows], [row["label"] for row in rows]
@@ -92,9 +92,9 @@ def tfidf_baseline(train: str, validation: str, test: str) -> dict:
 
 def pretrain(args, work: str, tok: str, variant: str, steps: int) -> tuple[str, str]:
     """Prepares the variant's corpus, pretrains `steps` steps; returns (workdir, budget line)."""
-    from bert_jax.config_loading import load_config
-    from bert_jax.pretraining_data import DataSettings, prepare_data
-    from bert_jax.train import train_and_evaluate
+    from bert_jax.config.loading import load_config
+    from bert_jax.data.pretraining_data import DataSettings, prepare_data
+    from bert_jax.training.train import train_and_evaluate
 
     data = os.path.join(work, f"data_{variant}")
     config = load_config(args.config)
@@ -118,8 +118,8 @@ def pretrain(args, work: str, tok: str, variant: str, steps: int) -> tuple[str, 
 
 def fine_tune(args, init_dir: str, work: str, variant: str, train: str, validation: str, test: str) -> dict:
     """Fine-tunes (from scratch for 'random'), picks the epoch on validation, scores the test set."""
-    from bert_jax.default_config import finetune_config
-    from bert_jax.finetune import Classifier, finetune
+    from bert_jax.config.defaults import finetune_config
+    from bert_jax.training.finetune import Classifier, finetune
 
     settings = finetune_config()
     settings.train.update(max_length=args.max_length, epochs=args.epochs, learning_rate=args.ft_lr,
@@ -151,11 +151,11 @@ def main() -> None:
         print(f"tfidf: test {results['tfidf']['test']:.4f} ({results['tfidf']['choice']})", flush=True)
     models = [v for v in args.variants if v != "tfidf"]
     if models:
-        from bert_jax import tokenizer
+        from bert_jax.data import tokenizer_training
 
         tok = os.path.join(work, "tokenizer")
         if not os.path.exists(os.path.join(tok, "tokenizer.json")):
-            tokenizer.train([os.path.join(SHARED, f) for f in CORPORA["both"]], tok, vocab_size=args.vocab)
+            tokenizer_training.train([os.path.join(SHARED, f) for f in CORPORA["both"]], tok, vocab_size=args.vocab)
         pretrained = {v: pretrain(args, work, tok, v, args.pretrain_steps) for v in models if v != "random"}
         for variant in models:
             if variant == "random":  # the architecture of a pretrained variant (2 steps of one when none runs)

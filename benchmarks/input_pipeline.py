@@ -17,8 +17,9 @@ import subprocess
 import tempfile
 import time
 
-from bert_jax import cpu_tuning, input_pipeline
-from bert_jax.pretraining_data import load_metadata
+from bert_jax.data import input_pipeline
+from bert_jax.data.pretraining_data import load_metadata
+from bert_jax.training import cpu_tuning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "kowiki_docs_5MB.txt")

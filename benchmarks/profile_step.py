@@ -9,7 +9,7 @@ Traces `--steps` steps of the benchmark config (after warm-up) into a temporary 
 the trace back with `jax.profiler.ProfileData`, and prints the ops that took the most time per
 step (summed over XLA's worker and client threads), then the shares of matrix multiplies (dot /
 YNNPACK fusions), layout copies and everything else. Eigen matmuls (what CPU train steps compile
-to, see bert_jax/cpu_tuning.py) run without trace annotations, so their time is missing from the
+to, see bert_jax/training/cpu_tuning.py) run without trace annotations, so their time is missing from the
 sums. Open the trace directory in TensorBoard's profile plugin or Perfetto for the timeline.
 """
 
@@ -22,10 +22,9 @@ import tempfile
 
 import jax
 from jax.profiler import ProfileData
-
-from bert_jax import cpu_tuning
-
 from train_step import CONFIGS, _median_seconds, make_batch, our_step
+
+from bert_jax.training import cpu_tuning
 
 
 def op_seconds(trace_dir: str, device: str = "cpu") -> collections.Counter:

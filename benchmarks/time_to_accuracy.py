@@ -16,7 +16,7 @@ machine; seconds count training steps only (batches are fetched and evaluation r
 Shared machines drift: the load average is printed with every figure.
 
 fidelity: the original BERT recipe (post-LN, dropout 0.1) on both sides, starting from the same
-initial weights (ours exported through `bert_jax.hf_weights`), AdamW `--lr`, `--warmup` steps,
+initial weights (ours exported through `bert_jax.models.hf_weights`), AdamW `--lr`, `--warmup` steps,
 cosine decay over `--steps`. Prints train MLM loss of both at equal steps (means over `--block`
 steps) and the wall-time ratio ours / transformers.
 
@@ -24,7 +24,7 @@ target: eval MLM accuracy on the same fixed, masked held-out batches (documents 
 on) against steps and seconds, until each run reaches `--target` or `--steps`. transformers runs
 its standard recipe: post-LN BERT, dropout 0.1, AdamW `--hf-lr` with linear warmup (`--warmup`)
 and linear decay, on examples built as prepare-data builds them by default (BERT's instance
-builder); ours runs the packaged `--config` (default tiny_budget, bert_jax/configs/tiny_budget.py)
+builder); ours runs the packaged `--config` (default tiny_budget, bert_jax/config/presets/tiny_budget.py)
 on `--pack-sequences` data. Prints both curves, the seconds and steps each needed, their ratio,
 and writes one PNG with both curves (`--plot`).
 """
@@ -83,12 +83,12 @@ def predictions(args, mask_prob: float) -> int:
 def prepare(args, pack: bool, mask_prob: float = 0.15) -> str:
     """Trains the tokenizer once, prepares `--corpus` at `--seq` tokens (packed or BERT's
     instances) once; returns the data directory. The eval split holds the same documents either way."""
-    from bert_jax import tokenizer
-    from bert_jax.pretraining_data import DataSettings, prepare_data
+    from bert_jax.data import tokenizer_training
+    from bert_jax.data.pretraining_data import DataSettings, prepare_data
 
     tok = os.path.join(args.work, f"tok{args.vocab}")
     if not os.path.exists(os.path.join(tok, "tokenizer.json")):
-        tokenizer.train([args.corpus], tok, vocab_size=args.vocab)
+        tokenizer_training.train([args.corpus], tok, vocab_size=args.vocab)
     slots = predictions(args, mask_prob)
     data = os.path.join(args.work, f"data{args.vocab}_{args.seq}_{slots}{'_packed' if pack else ''}")
     if not os.path.exists(os.path.join(data, "metadata.json")):
@@ -100,7 +100,7 @@ def prepare(args, pack: bool, mask_prob: float = 0.15) -> str:
 
 def original_recipe(args, steps: int, lr: float, schedule: str):
     """Our config of the original BERT recipe (post-LN, dropout 0.1) at the benchmark's sizes."""
-    from bert_jax.default_config import bert_config
+    from bert_jax.config.defaults import bert_config
 
     config = bert_config(num_layers=args.layers, hidden_size=args.hidden, max_position_embeddings=args.seq)
     return sized(config, args, steps, lr, args.warmup, schedule)
@@ -119,7 +119,7 @@ def sized(config, args, steps: int, lr: float | None = None, warmup: int | None 
 
 def pipeline_batches(config, data_dir: str, metadata: dict, steps: int):
     """`steps` training batches of our input pipeline, as `bert-jax pretrain` reads them."""
-    from bert_jax import input_pipeline
+    from bert_jax.data import input_pipeline
 
     return input_pipeline.train_batches(data_dir, metadata, config.train.global_batch_size, steps,
                                         seed=config.train.seed, mask_prob=config.data.mask_prob,
@@ -132,8 +132,8 @@ class Ours:
     def __init__(self, config, data_dir: str):
         import jax
 
-        from bert_jax.pretraining_data import load_metadata
-        from bert_jax.train import setup
+        from bert_jax.data.pretraining_data import load_metadata
+        from bert_jax.training.train import setup
 
         self.config, self.data_dir = config, data_dir
         self.metadata = load_metadata(data_dir)
@@ -148,7 +148,7 @@ class Ours:
         import jax
         import jax.numpy as jnp
 
-        from bert_jax.sharding import global_batch
+        from bert_jax.training.sharding import global_batch
 
         with jax.set_mesh(self.run.mesh):
             copy = jax.tree.map(jnp.copy, self.state)
@@ -161,7 +161,7 @@ class Ours:
         """Seconds for these steps and the train MLM loss of each."""
         import jax
 
-        from bert_jax.sharding import global_batch
+        from bert_jax.training.sharding import global_batch
 
         device_batches = [global_batch(b, self.run.mesh) for b in batches]
         jax.block_until_ready(device_batches)
@@ -181,7 +181,7 @@ class Ours:
         """MLM accuracy over the masked positions of `eval_batches`, without dropout."""
         import jax
 
-        from bert_jax.sharding import global_batch
+        from bert_jax.training.sharding import global_batch
 
         correct = total = 0.0
         with jax.set_mesh(self.run.mesh):
@@ -199,8 +199,9 @@ class Transformers:
         import torch
         import transformers
 
-        from bert_jax import hf, hf_weights
-        from bert_jax.optim import learning_rate_schedule
+        from bert_jax.inference import hf
+        from bert_jax.models import hf_weights
+        from bert_jax.training.optim import learning_rate_schedule
 
         torch.manual_seed(config.train.seed)
         torch.set_num_threads(os.cpu_count() or 1)
@@ -286,7 +287,7 @@ def fidelity(args) -> None:
     import jax
     from flax import linen as nn
 
-    from bert_jax.pretraining_data import load_metadata
+    from bert_jax.data.pretraining_data import load_metadata
 
     data = prepare(args, pack=False)
     metadata = load_metadata(data)
@@ -320,7 +321,7 @@ def fidelity(args) -> None:
 
 def our_recipe(args, steps: int):
     """The packaged `--config` at the benchmark's sizes; its warmup keeps its share of the steps."""
-    from bert_jax.config_loading import load_config
+    from bert_jax.config.loading import load_config
 
     config = load_config(args.config)
     warmup = round(config.optim.warmup_steps / config.train.num_steps * steps)
@@ -330,9 +331,9 @@ def our_recipe(args, steps: int):
 
 
 def target(args) -> None:
-    from bert_jax import input_pipeline
-    from bert_jax.pretraining_data import load_metadata
-    from bert_jax.train import resolve_model_config
+    from bert_jax.data import input_pipeline
+    from bert_jax.data.pretraining_data import load_metadata
+    from bert_jax.training.train import resolve_model_config
 
     recipe = our_recipe(args, args.steps)
     plain, packed = prepare(args, pack=False), prepare(args, pack=True, mask_prob=recipe.data.mask_prob)

@@ -18,8 +18,8 @@ import time
 
 import tokenizers
 
-from bert_jax import normalization, tokenizer
-from bert_jax.corpus import CorpusStats, read_documents
+from bert_jax.data import normalization, tokenizer_training
+from bert_jax.data.corpus import CorpusStats, read_documents
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "kowiki_docs_5MB.txt")
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     sentences = [s for d in read_documents([args.corpus], CorpusStats()) for s in d][:args.sentences]
     with tempfile.TemporaryDirectory() as work:
-        tok = tokenizer.train([args.corpus], os.path.join(work, "tok"), vocab_size=8000, input_sentence_size=100_000)
+        tok = tokenizer_training.train([args.corpus], os.path.join(work, "tok"), vocab_size=8000, input_sentence_size=100_000)
         exported = tokenizers.Tokenizer.from_file(os.path.join(work, "tok", "tokenizer.json"))
         exported.encode_special_tokens = True
         differ = sum(a != b.ids for a, b in zip(tok.encode_batch(sentences),

@@ -11,10 +11,10 @@ After warm-up (compiles included in warm-up only) ours and each PyTorch peer alt
 median of the per-pair ratios (shared machines drift by tens of percent between minutes).
 MFU is our analytic model FLOPs per step (MLM head at the masked positions) over the device's
 peak: on CPU a float32 matmul peak measured in the same run, on GPU/TPU the vendor's dense bf16
-figure (`bert_jax.flops.PEAK_TFLOPS`).
+figure (`bert_jax.models.flops.PEAK_TFLOPS`).
 
 --device cpu (default): all cores, float32 on both sides, PyTorch eager. Like `bert-jax pretrain`,
-the benchmark re-executes itself with tuned glibc malloc settings (`bert_jax/cpu_tuning.py`),
+the benchmark re-executes itself with tuned glibc malloc settings (`bert_jax/training/cpu_tuning.py`),
 which then apply to both steps; `--default-malloc` keeps glibc's defaults.
 --device gpu: our step with dtype 'auto' (bfloat16 compute, float32 parameters and AdamW state)
 against `--peers` eager and torch.compile, both with bf16 autocast, SDPA attention and fused
@@ -36,11 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bert_jax import cpu_tuning, flops
-from bert_jax.default_config import bert_config
-from bert_jax.masking import MaskingConfig, mask_batch
-from bert_jax.sharding import global_batch
-from bert_jax.train import setup
+from bert_jax.config.defaults import bert_config
+from bert_jax.data.masking import MaskingConfig, mask_batch
+from bert_jax.models import flops
+from bert_jax.training import cpu_tuning
+from bert_jax.training.sharding import global_batch
+from bert_jax.training.train import setup
 
 CONFIGS = {  # name: (layers, hidden, batch on CPU, batch on GPU/TPU)
     "tiny": (2, 128, 8, 8),  # smoke runs of every code path
@@ -178,7 +179,7 @@ def device_peak(device: str) -> tuple[float, str]:
     kind = jax.devices()[0].device_kind
     tflops = flops.peak_tflops(kind)
     if tflops is None:
-        raise SystemExit(f"train_step.py: no peak TFLOP/s known for device kind {kind!r} (bert_jax/flops.py)")
+        raise SystemExit(f"train_step.py: no peak TFLOP/s known for device kind {kind!r} (bert_jax/models/flops.py)")
     return tflops * 1e12, f"vendor dense bf16 peak of {kind}"
 
 

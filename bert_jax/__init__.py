@@ -1,29 +1,48 @@
 """bert_jax: pretrain BERT-style masked language models from scratch in JAX/Flax.
 
-`bert_jax.load(path)` gives a trained model for notebooks (`bert_jax.notebook.Model`). The public
-names and the submodules are imported on first use (PEP 562 `__getattr__`), so `import bert_jax`,
-tab completion and the command line's start load neither JAX nor TensorFlow.
+`bert_jax.load(path)` gives a trained model for notebooks (`bert_jax.inference.notebook.Model`).
+The sub-packages, in the order data flows through them:
+
+- `bert_jax.data`: raw text -> tokenizer -> pretraining examples in TFRecord shards -> tf.data
+  batches (imports no JAX);
+- `bert_jax.models`: the Flax modules and the Hugging Face weight mapping;
+- `bert_jax.training`: the train loop, steps, optimizer, mesh sharding, checkpoints and logs;
+- `bert_jax.inference`: params-only loading, fill-mask, Hugging Face export/import, the notebook model;
+- `bert_jax.config`: experiment configs (defaults, presets, overrides, validation).
+
+The public names and the submodules are imported on first use (PEP 562 `__getattr__`), so
+`import bert_jax`, tab completion and the command line's start load neither JAX nor TensorFlow.
 """
 
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-_EXPORTS = {"load": "bert_jax.notebook", "Model": "bert_jax.notebook",
-            "BertConfig": "bert_jax.model", "BertModel": "bert_jax.model",
-            "BertForPreTraining": "bert_jax.model", "Pretrained": "bert_jax.pretrained",
-            "Classifier": "bert_jax.finetune"}  # fill_mask, finetune, ...: submodules of that name
+_EXPORTS = {"load": "bert_jax.inference.notebook", "Model": "bert_jax.inference.notebook",
+            "BertConfig": "bert_jax.models.bert", "BertModel": "bert_jax.models.bert",
+            "BertForPreTraining": "bert_jax.models.bert", "Pretrained": "bert_jax.inference.pretrained",
+            "Classifier": "bert_jax.training.finetune"}
 
 __all__ = sorted(_EXPORTS)
-_SUBMODULES = sorted(m.name for m in _pkgutil.iter_modules(__path__))
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(_importlib.import_module(_EXPORTS[name]), name)
-    if name in _SUBMODULES:
-        return _importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'bert_jax' has no attribute {name!r}")
+def lazy_submodules(package: str, path: list[str], exports: dict[str, str] | None = None):
+    """PEP 562 `__getattr__` and `__dir__` for `package`: its submodules (and `exports`, name ->
+    module) are imported on first attribute access, so tab completion lists them without importing
+    them. AttributeError for any other name."""
+    exports = exports or {}
+    submodules = sorted(m.name for m in _pkgutil.iter_modules(path))
+
+    def __getattr__(name):
+        if name in exports:
+            return getattr(_importlib.import_module(exports[name]), name)
+        if name in submodules:
+            return _importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted({"__doc__", "__name__", "__path__"} | set(exports) | set(submodules))
+
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return sorted({n for n in globals() if n.startswith("__")} | set(__all__) | set(_SUBMODULES))
+__getattr__, __dir__ = lazy_submodules(__name__, __path__, _EXPORTS)

@@ -14,9 +14,9 @@ TRAINING_COMMANDS = ("pretrain", "evaluate", "finetune", "demo")  # re-executed 
 
 
 def _train_tokenizer(args) -> None:
-    from bert_jax import tokenizer
+    from bert_jax.data import tokenizer_training
 
-    tok = tokenizer.train(args.input, args.output, vocab_size=args.vocab_size,
+    tok = tokenizer_training.train(args.input, args.output, vocab_size=args.vocab_size,
                           model_type=args.model_type, character_coverage=args.character_coverage,
                           input_sentence_size=args.input_sentence_size, lowercase=args.lowercase,
                           seed=args.seed, progress=True)
@@ -25,7 +25,7 @@ def _train_tokenizer(args) -> None:
 
 
 def _prepare_data(args) -> None:
-    from bert_jax.pretraining_data import DataSettings, prepare_data
+    from bert_jax.data.pretraining_data import DataSettings, prepare_data
 
     settings = DataSettings(
         max_seq_length=args.max_seq_length, pair_task=args.pair_task, pack_sequences=args.pack_sequences,
@@ -88,9 +88,9 @@ def _add_prepare_parser(subparsers) -> None:
 
 
 def _pretrain(args) -> None:
-    from bert_jax.config_loading import load_config
-    from bert_jax.distributed import maybe_initialize
-    from bert_jax.train import train_and_evaluate
+    from bert_jax.config.loading import load_config
+    from bert_jax.training.distributed import maybe_initialize
+    from bert_jax.training.train import train_and_evaluate
 
     maybe_initialize()
     config = load_config(args.config, args.overrides)
@@ -106,7 +106,7 @@ def jax_process_index() -> int:
 
 
 def _evaluate(args) -> None:
-    from bert_jax.train import evaluate_workdir
+    from bert_jax.training.train import evaluate_workdir
 
     print(json.dumps(evaluate_workdir(args.workdir, args.data, args.eval_steps), indent=1))
 
@@ -131,7 +131,7 @@ def _add_train_parsers(subparsers) -> None:
 
 
 def _fill_mask(args) -> None:
-    from bert_jax import fill_mask, pretrained
+    from bert_jax.inference import fill_mask, pretrained
 
     results = fill_mask.fill_mask(pretrained.load(args.model), args.text, top_k=args.top_k)
     if args.json:
@@ -145,7 +145,7 @@ def _fill_mask(args) -> None:
 
 
 def _export_hf(args) -> None:
-    from bert_jax import hf_export
+    from bert_jax.inference import hf_export
 
     model = hf_export.export_directory(args.model, args.output, args.language, args.license, args.keep_positions)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
@@ -153,7 +153,7 @@ def _export_hf(args) -> None:
 
 
 def _import_hf(args) -> None:
-    from bert_jax import hf
+    from bert_jax.inference import hf
 
     missing = hf.import_hf(args.input, args.output)
     print(f"wrote {args.output}: continue with `bert-jax prepare-data --tokenizer {args.output}/tokenizer ...` "
@@ -189,10 +189,10 @@ FINETUNE_FLAGS = {"max_length": "max_length", "batch_size": "global_batch_size",
 
 
 def _finetune(args) -> None:
-    from bert_jax.config_loading import apply_overrides
-    from bert_jax.default_config import finetune_config
-    from bert_jax.distributed import maybe_initialize
-    from bert_jax.finetune import finetune
+    from bert_jax.config.defaults import finetune_config
+    from bert_jax.config.loading import apply_overrides
+    from bert_jax.training.distributed import maybe_initialize
+    from bert_jax.training.finetune import finetune
 
     if (args.task == "pair-classification") != bool(args.text_pair_column):
         raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
@@ -211,8 +211,8 @@ def _finetune(args) -> None:
 
 
 def _predict(args) -> None:
-    from bert_jax.finetune import Classifier
-    from bert_jax.finetune_data import read_table
+    from bert_jax.data.finetune_data import read_table
+    from bert_jax.training.finetune import Classifier
 
     classifier = Classifier(args.model)
     columns = [args.text_column] + ([args.text_pair_column] if classifier.pairs else [])
@@ -228,7 +228,7 @@ def _predict(args) -> None:
 
 def _add_finetune_parsers(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a classifier on labelled text",
-                              epilog="Any field of bert_jax.default_config.finetune_config() can be overridden: "
+                              epilog="Any field of bert_jax.config.defaults.finetune_config() can be overridden: "
                                      "--config.mesh.tensor=2 --config.model.dtype=bfloat16")
     add_model_flag(p, "pretraining workdir or Hugging Face BERT directory to start from", old_name="--init")
     p.add_argument("--train", required=True, help=".tsv, .csv or .jsonl")
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bert-jax` console script. Returns the exit status: 0, 2 for bad input,
     1 for a failed run; `--debug` (or BERT_JAX_DEBUG=1) shows tracebacks instead of one line."""
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
-        from bert_jax import cpu_tuning
+        from bert_jax.training import cpu_tuning
 
         cpu_tuning.reexec_with_tuned_malloc()
     args, unknown = build_parser().parse_known_args(argv)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 
-from bert_jax import corpus as corpus_lib
+from bert_jax.data import corpus as corpus_lib
 
 FILL_MASK_EXAMPLES = (
     "대한민국의 주권은 [MASK]에게 있고, 모든 권력은 국민으로부터 나온다.",
@@ -61,10 +61,12 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
              vocab_size: int = 2000) -> dict:
     """Runs tokenizer training, data preparation, pretraining, evaluation and fill-mask in `workdir`
     (a local directory; relative paths are taken from the current directory)."""
-    from bert_jax import fill_mask, fs, pretrained, tokenizer
-    from bert_jax.default_config import demo_config
-    from bert_jax.pretraining_data import DataSettings, METADATA_FILE, prepare_data
-    from bert_jax.train import train_and_evaluate
+    from bert_jax import fs
+    from bert_jax.config.defaults import demo_config
+    from bert_jax.data import tokenizer_training
+    from bert_jax.data.pretraining_data import METADATA_FILE, DataSettings, prepare_data
+    from bert_jax.inference import fill_mask, pretrained
+    from bert_jax.training.train import train_and_evaluate
 
     workdir, corpus = fs.absolute(workdir), fs.absolute(corpus)
     os.makedirs(workdir, exist_ok=True)
@@ -74,7 +76,7 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
             print(f"[1/5] corpus: {write_demo_corpus(corpus)} documents from konlpy -> {corpus}")
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-        tok = tokenizer.train([corpus], tokenizer_dir, vocab_size=vocab_size, model_type="unigram")
+        tok = tokenizer_training.train([corpus], tokenizer_dir, vocab_size=vocab_size, model_type="unigram")
         print(f"[2/5] tokenizer: unigram, {tok.vocab_size} tokens -> {tokenizer_dir}")
     config = demo_config()
     if num_steps:

@@ -40,10 +40,10 @@ def korean_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, korean_corpus):
-    from bert_jax import tokenizer
+    from bert_jax.data import tokenizer_training
 
     out = tmp_path_factory.mktemp("tok") / "unigram"
-    tokenizer.train([str(korean_corpus)], str(out), vocab_size=100, model_type="unigram")
+    tokenizer_training.train([str(korean_corpus)], str(out), vocab_size=100, model_type="unigram")
     return str(out)
 
 
@@ -51,9 +51,10 @@ def tokenizer_dir(tmp_path_factory, korean_corpus):
 def sharded_workdirs(tmp_path_factory, korean_corpus, tokenizer_dir):
     """Pretraining workdirs written with 8 devices, {mesh name: workdir}: fsdp=8 and a 2x2x2
     data/fsdp/tensor mesh; 2 steps each with eval at the end, sequence length 32, a position table of 64."""
-    from bert_jax.pretraining_data import DataSettings, prepare_data
-    from bert_jax.train import train_and_evaluate
     from test_pretrain import tiny_config
+
+    from bert_jax.data.pretraining_data import DataSettings, prepare_data
+    from bert_jax.training.train import train_and_evaluate
 
     root = tmp_path_factory.mktemp("sharded")
     prepare_data([str(korean_corpus)], tokenizer_dir, str(root / "data"),

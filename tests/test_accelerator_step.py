@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import backend, cpu_tuning
-from bert_jax.default_config import bert_config, finetune_config
-from bert_jax.model import BertConfig, BertForPreTraining, Embeddings, attention, fused_attention_masking
+from bert_jax import backend
+from bert_jax.config.defaults import bert_config, finetune_config
+from bert_jax.models.bert import BertConfig, BertForPreTraining, Embeddings, attention, fused_attention_masking
+from bert_jax.training import cpu_tuning
 
 TINY = BertConfig(vocab_size=211, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
                   max_position_embeddings=24, hidden_dropout=0.1, attention_dropout=0.0)
@@ -164,7 +165,7 @@ def scatters(hlo_text: str) -> list[tuple[str, tuple[int, ...], int]]:
 
 
 def _run(config: BertConfig):
-    from bert_jax.train import setup
+    from bert_jax.training.train import setup
 
     experiment = bert_config(config.num_layers, config.hidden_size, **{
         f: getattr(config, f) for f in ("vocab_size", "max_position_embeddings", "hidden_dropout",
@@ -179,7 +180,7 @@ def _run(config: BertConfig):
 
 
 def _batch(run):
-    from bert_jax.sharding import global_batch
+    from bert_jax.training.sharding import global_batch
 
     rng = np.random.default_rng(0)
     ids, segments = _ids()

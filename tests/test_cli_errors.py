@@ -4,11 +4,11 @@ an unexpected exception keeps its traceback."""
 
 import pytest
 import tensorflow as tf
+from test_fresh_machine import PREPARE, TINY_CONFIG
 
 from bert_jax import cli
-from bert_jax.checkpoint import CheckpointSaveError
-from bert_jax.train import NonFiniteLossError
-from test_fresh_machine import PREPARE, TINY_CONFIG
+from bert_jax.training.checkpoint import CheckpointSaveError
+from bert_jax.training.train import NonFiniteLossError
 
 
 def _raising(error):

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from bert_jax.config_loading import load_config
-from bert_jax.model import BertConfig
+from bert_jax.config.loading import load_config
+from bert_jax.models.bert import BertConfig
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bert_jax", "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "bert_jax", "config", "presets")
 
 
 @pytest.mark.parametrize("name, layers, hidden", [("tiny", 2, 128), ("mini", 4, 256), ("small", 4, 512),

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bert_jax.cpu_tuning import TUNABLES, tuned_environment
+from bert_jax.training.cpu_tuning import TUNABLES, tuned_environment
 
 
 def test_tuned_environment_adds_the_tunables_only_when_it_should():
@@ -17,7 +17,7 @@ def test_tuned_environment_adds_the_tunables_only_when_it_should():
 
 SCRIPT = """
 import os, sys
-from bert_jax.cpu_tuning import reexec_with_tuned_malloc
+from bert_jax.training.cpu_tuning import reexec_with_tuned_malloc
 print("run", os.environ.get("GLIBC_TUNABLES", "-"), sys.argv[1:], sys.flags.utf8_mode, flush=True)
 reexec_with_tuned_malloc()
 """
@@ -47,7 +47,7 @@ def test_cpu_steps_compile_matmuls_outside_ynnpack():
     import jax.numpy as jnp
     import numpy as np
 
-    from bert_jax import cpu_tuning
+    from bert_jax.training import cpu_tuning
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     options = cpu_tuning.compiler_options(mesh)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_jax import input_pipeline, tokenizer
 from bert_jax.cli import main
-from bert_jax.finetune_data import encode
-from bert_jax.pretraining_data import DataSettings, prepare_data
+from bert_jax.data import input_pipeline, tokenizer, tokenizer_training
+from bert_jax.data.finetune_data import encode
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SIX_WORDS = ["서울은 한국의 역사 문화 경제 과학", "부산은 바다 마을 도시 사람 학생", "학교 도서관 정부 국회 법률 헌법"]
@@ -203,8 +203,8 @@ def test_compressed_corpora_are_read_transparently(tmp_path, korean_corpus, toke
 
 def test_train_tokenizer_reads_compressed_corpora(tmp_path, korean_corpus):
     (tmp_path / "ko.txt.xz").write_bytes(lzma.compress(korean_corpus.read_bytes()))
-    plain = tokenizer.train([str(korean_corpus)], str(tmp_path / "plain"), vocab_size=100)
-    packed = tokenizer.train([str(tmp_path / "ko.txt.xz")], str(tmp_path / "xz"), vocab_size=100)
+    plain = tokenizer_training.train([str(korean_corpus)], str(tmp_path / "plain"), vocab_size=100)
+    packed = tokenizer_training.train([str(tmp_path / "ko.txt.xz")], str(tmp_path / "xz"), vocab_size=100)
     assert packed.fingerprint == plain.fingerprint and packed.vocab_size == 100
 
 
@@ -344,9 +344,9 @@ def hf_init(tmp_path_factory, specials_last):
 def test_max_length_beyond_the_model_is_refused_before_encoding(tmp_path, hf_init):
     import tracemalloc
 
-    from bert_jax import hf  # noqa: F401  (imported before tracing: the model loader)
-    from bert_jax.default_config import finetune_config
-    from bert_jax.finetune import finetune
+    from bert_jax.config.defaults import finetune_config
+    from bert_jax.inference import hf  # noqa: F401  (imported before tracing: the model loader)
+    from bert_jax.training.finetune import finetune
 
     train = _table(tmp_path / "train.tsv", _good_rows(400))
     config = finetune_config()
@@ -382,7 +382,7 @@ def test_outputs_are_created_with_the_umask(umask, tmp_path, korean_corpus, toke
     try:
         prepare_data([str(korean_corpus)], tokenizer_dir, str(tmp_path / "data"), DataSettings(max_seq_length=32),
                      progress=False)
-        tokenizer.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100)
+        tokenizer_training.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100)
     finally:
         os.umask(previous)
     modes = {}

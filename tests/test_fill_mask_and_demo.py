@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from bert_jax import demo, fill_mask, pretrained
+from bert_jax import demo
+from bert_jax.inference import fill_mask, pretrained
 from bert_jax.metrics_log import read_metrics
 
 

@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-
-from bert_jax import finetune as finetune_lib, pretrained
-from bert_jax.cli import main
-from bert_jax.default_config import finetune_config
-from bert_jax.finetune import Classifier, finetune
-from bert_jax.finetune_data import encode, read_table
 from test_pretrain import pretrain_tiny
+
+from bert_jax.cli import main
+from bert_jax.config.defaults import finetune_config
+from bert_jax.data.finetune_data import encode, read_table
+from bert_jax.inference import pretrained
+from bert_jax.training import finetune as finetune_lib
+from bert_jax.training.finetune import Classifier, finetune
 
 NOUNS = ["서울", "부산", "학교", "도서관", "정부", "국회", "시민", "역사", "문화", "바다", "도시", "마을"]
 

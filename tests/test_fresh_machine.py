@@ -9,14 +9,15 @@ import subprocess
 
 import pytest
 import tensorflow as tf
-
-from bert_jax import pretrained, tokenizer
-from bert_jax.cli import main
-from bert_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
 from conftest import make_korean_corpus
 
+from bert_jax.cli import main
+from bert_jax.data import tokenizer
+from bert_jax.inference import pretrained
+from bert_jax.metrics_log import MetricsLogger, plot_curves, read_metrics
+
 TINY_CONFIG = '''
-from bert_jax.default_config import bert_config
+from bert_jax.config.defaults import bert_config
 
 
 def get_config():
@@ -105,7 +106,7 @@ def test_a_resumed_run_logs_every_step_once(relative_run):
 
 
 def test_packaged_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
-    from bert_jax.config_loading import load_config
+    from bert_jax.config.loading import load_config
 
     monkeypatch.chdir(tmp_path)
     assert load_config("base").model.num_layers == 12

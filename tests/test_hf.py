@@ -9,12 +9,12 @@ import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file
-
-from bert_jax import fill_mask, hf, pretrained
-from bert_jax.cli import main
-from bert_jax.pretraining_data import DataSettings, prepare_data
-from bert_jax.train import train_and_evaluate
 from test_pretrain import pretrain_tiny, tiny_config
+
+from bert_jax.cli import main
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
+from bert_jax.inference import fill_mask, hf, pretrained
+from bert_jax.training.train import train_and_evaluate
 
 KOREAN = ["모든 국민은 [MASK] 앞에 평등하다.", "서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 
@@ -83,7 +83,7 @@ def test_import_reproduces_random_transformers_logits(trained, tmp_path):
     missing = hf.import_hf(source, str(tmp_path / "w"))
     assert missing == []
     model = pretrained.load(str(tmp_path / "w"))
-    from bert_jax.model import BertForPreTraining
+    from bert_jax.models.bert import BertForPreTraining
 
     ids = np.array([[2, 10, 4, 11, 3, 12, 13, 3], [2, 20, 21, 4, 3, 0, 0, 0]], np.int32)
     mask = (ids != 0).astype(np.int32)
@@ -151,9 +151,9 @@ def test_bad_directories_and_mismatches(trained, tmp_path, korean_corpus, capsys
     assert "has no [MASK]" in capsys.readouterr().err
     # Data prepared with another tokenizer cannot continue an imported model.
     hf.import_hf(str(trained / "export"), str(tmp_path / "w"))
-    from bert_jax import tokenizer
+    from bert_jax.data import tokenizer_training
 
-    tokenizer.train([str(korean_corpus)], str(tmp_path / "other_tok"), vocab_size=90, model_type="bpe")
+    tokenizer_training.train([str(korean_corpus)], str(tmp_path / "other_tok"), vocab_size=90, model_type="bpe")
     prepare_data([str(korean_corpus)], str(tmp_path / "other_tok"), str(tmp_path / "other_data"),
                  DataSettings(max_seq_length=32, max_predictions_per_seq=5), progress=False)
     with pytest.raises(ValueError, match="different tokenizer"):
@@ -168,8 +168,8 @@ def test_fill_mask_cli_json(trained, capsys):
 
 
 def test_finetune_starts_from_a_hugging_face_directory_and_from_an_import(trained, tmp_path):
-    from bert_jax.default_config import finetune_config
-    from bert_jax.finetune import Classifier, finetune
+    from bert_jax.config.defaults import finetune_config
+    from bert_jax.training.finetune import Classifier, finetune
 
     rows = [("서울은 한국의 역사이다.", "가"), ("조선의 장군이 바다에서 전쟁을 하였다.", "나")] * 8
     (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")

@@ -11,13 +11,13 @@ import torch
 import transformers
 from huggingface_hub import ModelCard
 from safetensors.numpy import load_file
-
-from bert_jax import fill_mask, pretrained
-from bert_jax.cli import main
-from bert_jax.metrics_log import read_metrics
-from bert_jax.model import BertForPreTraining
-from bert_jax.tokenizer import WORD_START
 from test_load_anywhere import TABLE, TRAINED_LENGTH
+
+from bert_jax.cli import main
+from bert_jax.data.tokenizer import WORD_START
+from bert_jax.inference import fill_mask, pretrained
+from bert_jax.models.bert import BertForPreTraining
+from bert_jax.metrics_log import read_metrics
 
 TEXTS = ["모든 국민은 [MASK] 앞에 평등하다.", "서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 TOKENIZER_FILES = ["bert_jax_tokenizer.json", "special_tokens_map.json", "spm.model", "spm.vocab",

@@ -14,8 +14,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 from safetensors.numpy import load_file
 
-from bert_jax import checkpoint, fill_mask, optim, pretrained, train
 from bert_jax.cli import main
+from bert_jax.inference import fill_mask, pretrained
+from bert_jax.training import checkpoint, optim, train
 
 TEXTS = ["서울은 한국의 [MASK]이다.", "[MASK]의 장군이 바다에서 [MASK]을 하였다."]
 TRAINED_LENGTH, TABLE = 32, 64  # the sharded_workdirs fixture (conftest.py): data sequence length, position table
@@ -35,7 +36,7 @@ for name, workdir in job["workdirs"].items():
     result["fill_mask"][name] = json.loads(printed.getvalue())
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["export-hf", "--workdir", workdir, "--output", job["outputs"][name]]) == 0
-result["imported"] = [m for m in ("bert_jax.train", "bert_jax.train_step", "bert_jax.optim", "optax")
+result["imported"] = [m for m in ("bert_jax.training.train", "bert_jax.training.train_step", "bert_jax.training.optim", "optax")
                       if m in sys.modules]
 print(json.dumps(result, ensure_ascii=False))
 """

@@ -95,12 +95,13 @@ def test_one_model_flag_with_old_names_as_hidden_aliases(capsys):
 
 
 def test_train_tokenizer_shows_progress(tmp_path, korean_corpus, capsys, monkeypatch):
-    from bert_jax import progress, tokenizer
+    from bert_jax import progress
+    from bert_jax.data import tokenizer_training
 
     monkeypatch.setattr(progress, "DELAY_S", 0.0)  # the corpus is read faster than the bar's delay
 
     documents = len([d for d in korean_corpus.read_text(encoding="utf-8").split("\n\n") if d.strip()])
-    tokenizer.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100, progress=True)
+    tokenizer_training.train([str(korean_corpus)], str(tmp_path / "tok"), vocab_size=100, progress=True)
     out, err = capsys.readouterr()
     assert f"reading the corpus: {documents}doc" in err
     assert "training a 100-token unigram model on" in out

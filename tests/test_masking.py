@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bert_jax.masking import MaskingConfig, mask_batch
+from bert_jax.data.masking import MaskingConfig, mask_batch
 
 VOCAB = 1000
 CONFIG = MaskingConfig(mask_prob=0.15, max_predictions=20, vocab_size=VOCAB, mask_id=4,

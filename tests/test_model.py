@@ -11,9 +11,9 @@ import torch
 import transformers
 
 from bert_jax import BertConfig, BertForPreTraining, BertModel
-from bert_jax.default_config import bert_config
-from bert_jax.hf_weights import params_from_hf, params_to_hf
-from bert_jax.model import attention
+from bert_jax.config.defaults import bert_config
+from bert_jax.models.bert import attention
+from bert_jax.models.hf_weights import params_from_hf, params_to_hf
 
 TINY = BertConfig(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
                   max_position_embeddings=24, hidden_dropout=0.0, attention_dropout=0.0)
@@ -205,7 +205,7 @@ def test_dropout_is_active_only_when_not_deterministic():
 
 
 def test_add_bias_has_the_gradients_of_plus():
-    from bert_jax.model import add_bias
+    from bert_jax.models.bert import add_bias
 
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7))
     bias = jax.random.normal(jax.random.PRNGKey(1), (7,))

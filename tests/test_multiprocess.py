@@ -10,13 +10,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-
-from bert_jax import input_pipeline
-from bert_jax.metrics_log import read_metrics
-from bert_jax.pretraining_data import DataSettings, load_metadata, prepare_data
-from bert_jax.sharding import global_batch
-from bert_jax.train import setup
 from test_pretrain import tiny_config
+
+from bert_jax.data import input_pipeline
+from bert_jax.data.pretraining_data import DataSettings, load_metadata, prepare_data
+from bert_jax.metrics_log import read_metrics
+from bert_jax.training.sharding import global_batch
+from bert_jax.training.train import setup
 
 STEPS = 4
 CONFIG_FILE = """

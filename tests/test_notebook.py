@@ -14,10 +14,9 @@ import torch
 import transformers
 
 import bert_jax
-from bert_jax import fill_mask as fill_mask_lib
-from bert_jax import hf_export
-from bert_jax import tokenizer as tokenizer_lib
-from bert_jax.model import BertForPreTraining, BertModel
+from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.inference import fill_mask as fill_mask_lib, hf_export
+from bert_jax.models.bert import BertForPreTraining, BertModel
 
 TEXTS = ["모든 국민은 법 앞에 평등하다.", "국민"]
 
@@ -123,7 +122,7 @@ def test_embed_and_mlm_logits_equal_transformers(model, hf_dir):
 
 
 def test_hidden_states_with_scanned_layers(model):
-    from bert_jax.hf_weights import params_from_hf, params_to_hf
+    from bert_jax.models.hf_weights import params_from_hf, params_to_hf
 
     scanned_config = dataclasses.replace(model.config, scan_layers=True)
     scanned = params_from_hf(params_to_hf(model.params, model.config), scanned_config)["bert"]
@@ -142,17 +141,21 @@ def test_fill_mask_delegates(model):
 
 def test_import_is_light_and_names_are_listed():
     code = ("import sys, bert_jax; names = dir(bert_jax); "
-            "print(sorted(m for m in ('jax', 'tensorflow', 'flax', 'torch') if m in sys.modules)); print(names)")
+            "print(sorted(m for m in ('jax', 'tensorflow', 'flax', 'torch') if m in sys.modules)); print(names); "
+            "print(dir(bert_jax.inference))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "[]"
-    for name in ("load", "Model", "BertConfig", "BertModel", "BertForPreTraining", "pretrained", "fill_mask"):
+    for name in ("load", "Model", "BertConfig", "BertModel", "BertForPreTraining", "data", "models", "training",
+                 "inference", "config"):
         assert f"'{name}'" in out[1]
+    for name in ("pretrained", "fill_mask", "hf_export", "notebook"):  # listed before they are imported
+        assert f"'{name}'" in out[2]
     assert set(bert_jax.__all__) >= {"load", "Model", "BertConfig", "BertModel", "BertForPreTraining"}
-    assert bert_jax.pretrained.load is not None  # a submodule on attribute access, no import by hand
+    assert bert_jax.inference.pretrained.load is not None  # a submodule on attribute access, no import by hand
 
 
 def test_python_tables_are_checked_like_files():
-    from bert_jax.finetune_data import label_names, load_table
+    from bert_jax.data.finetune_data import label_names, load_table
 
     rows = [{"text": "가", "label": 2}, {"text": "나", "label": np.int64(10)}]
     table = load_table(rows, ["text"], "label", name="train")
@@ -177,7 +180,7 @@ def test_quickstart_notebook_runs(hf_dir, model, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     import nbformat
 
-    from bert_jax.finetune import Classifier
+    from bert_jax.training.finetune import Classifier
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.setenv("BERT_JAX_MODEL", hf_dir[0])

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.default_config import bert_config
-from bert_jax.optim import decay_mask, learning_rate_schedule, make_optimizer
+from bert_jax.config.defaults import bert_config
+from bert_jax.training.optim import decay_mask, learning_rate_schedule, make_optimizer
 
 
 def _optim(**overrides):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_jax import pretraining_data, tokenizer
 from bert_jax.cli import main
-from bert_jax.pretraining_data import DataSettings, prepare_data
+from bert_jax.data import pretraining_data, tokenizer, tokenizer_training
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
 
 KOWIKI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "kowiki_docs_5MB.txt")
 
@@ -241,7 +241,7 @@ def test_json_lines_and_tfds_inputs(tmp_path, tokenizer_dir):
 
 @pytest.mark.skipif(not os.path.exists(KOWIKI), reason="../shared/data is absent")
 def test_korean_wikipedia(tmp_path):
-    tok = tokenizer.train([KOWIKI], str(tmp_path / "tok"), vocab_size=4000, input_sentence_size=20000)
+    tok = tokenizer_training.train([KOWIKI], str(tmp_path / "tok"), vocab_size=4000, input_sentence_size=20000)
     metadata = prepare_data([KOWIKI], str(tmp_path / "tok"), str(tmp_path / "data"),
                             DataSettings(masking="static"), workers=2, progress=False)
     assert metadata["summary"]["documents"] == 517 and metadata["summary"]["unk_share"] < 0.01
@@ -256,7 +256,7 @@ def test_korean_wikipedia(tmp_path):
 def test_truncation_drops_from_the_longer_segment_at_random_ends():
     import random
 
-    from bert_jax.instances import truncate_pair, truncated_lengths
+    from bert_jax.data.instances import truncate_pair, truncated_lengths
 
     def one_at_a_time(a, b, limit):
         while a + b > limit:
@@ -274,7 +274,7 @@ def test_truncation_drops_from_the_longer_segment_at_random_ends():
 
 
 def test_block_reader_equals_line_by_line_cleaning(tmp_path, korean_corpus, monkeypatch):
-    from bert_jax import corpus
+    from bert_jax.data import corpus
 
     path = tmp_path / "mixed.txt"
     path.write_bytes(korean_corpus.read_bytes() + "\n\n정상 문장\r\n둘째 줄\n\n".encode() + b"\xff\n" + "끝".encode())
@@ -316,7 +316,7 @@ def test_forked_cli_workers_write_what_one_process_writes(tmp_path, korean_corpu
 
 
 def test_records_parse_with_tensorflow_for_every_varint_width(tmp_path):
-    from bert_jax.records import frame_records, serialize_columns
+    from bert_jax.data.records import frame_records, serialize_columns
 
     values = [np.array([], np.int64), np.array([0, 127, 128, 16383]), np.array([16384, 2**21, 2**40, 5])]
     floats = [np.array([0.5], np.float32), np.array([], np.float32), np.array([1.0, -2.0], np.float32)]

@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import input_pipeline
 from bert_jax.cli import main
-from bert_jax.default_config import bert_config
-from bert_jax.pretraining_data import DataSettings, load_metadata, prepare_data
-from bert_jax.sharding import global_batch
-from bert_jax.train import NonFiniteLossError, setup, train_and_evaluate
+from bert_jax.config.defaults import bert_config
+from bert_jax.data import input_pipeline
+from bert_jax.data.pretraining_data import DataSettings, load_metadata, prepare_data
 from bert_jax.metrics_log import read_metrics
+from bert_jax.training.sharding import global_batch
+from bert_jax.training.train import NonFiniteLossError, setup, train_and_evaluate
 
 
 def tiny_config(**train):
@@ -220,7 +220,7 @@ def test_cross_entropy_and_hits_equal_optax_and_argmax():
     import jax.numpy as jnp
     import optax
 
-    from bert_jax.train_step import cross_entropy_and_hits
+    from bert_jax.training.train_step import cross_entropy_and_hits
 
     logits = jax.random.normal(jax.random.PRNGKey(0), (6, 20, 300)) * 4
     labels = jax.random.randint(jax.random.PRNGKey(1), (6, 20), 0, 300)

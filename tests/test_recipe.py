@@ -14,14 +14,14 @@ import torch
 import transformers
 from flax import linen as nn
 
-from bert_jax import tokenizer as tokenizer_lib
-from bert_jax.config_loading import load_config
-from bert_jax.hf_export import export_hf
-from bert_jax.instances import assemble_packed, pack_documents
-from bert_jax.model import BertConfig, BertForPreTraining, BertModel, EncoderLayer
-from bert_jax.optim import learning_rate_schedule
-from bert_jax.pretrained import Pretrained
-from bert_jax.pretraining_data import DataSettings, prepare_data
+from bert_jax.config.loading import load_config
+from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.data.instances import assemble_packed, pack_documents
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
+from bert_jax.inference.hf_export import export_hf
+from bert_jax.inference.pretrained import Pretrained
+from bert_jax.models.bert import BertConfig, BertForPreTraining, BertModel, EncoderLayer
+from bert_jax.training.optim import learning_rate_schedule
 from test_data_correctness import _shard_examples
 
 SMALL = BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,

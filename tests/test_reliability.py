@@ -13,17 +13,17 @@ import time
 
 import ml_collections
 import pytest
+from conftest import make_korean_corpus
+from test_pretrain import tiny_config
 
 from bert_jax import staging
 from bert_jax.cli import main
-from bert_jax.config_validation import (FINETUNING, PRETRAINING, numeric_fields, validate,
-                                        validate_finetuning, validate_pretraining)
-from bert_jax.default_config import bert_config, demo_config, finetune_config
+from bert_jax.config.defaults import bert_config, demo_config, finetune_config
+from bert_jax.config.validation import (FINETUNING, PRETRAINING, numeric_fields, validate, validate_finetuning,
+                                        validate_pretraining)
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
 from bert_jax.metrics_log import read_metrics
-from bert_jax.pretraining_data import DataSettings, prepare_data
-from bert_jax.train import train_and_evaluate
-from conftest import make_korean_corpus
-from test_pretrain import tiny_config
+from bert_jax.training.train import train_and_evaluate
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 STEPS = 8
@@ -85,11 +85,11 @@ def config_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_tokenizer(tmp_path_factory):
     """A tokenizer of the same size (100) as `tokenizer_dir`, trained on other text."""
-    from bert_jax import tokenizer
+    from bert_jax.data import tokenizer_training
 
     root = tmp_path_factory.mktemp("other")
     corpus = make_korean_corpus(root / "other.txt", seed=7)
-    return str(tokenizer.train([str(corpus)], str(root / "tok"), vocab_size=100, model_type="unigram").directory)
+    return str(tokenizer_training.train([str(corpus)], str(root / "tok"), vocab_size=100, model_type="unigram").directory)
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +299,7 @@ def test_prepared_data_that_disagrees_with_itself_is_named(tmp_path, data, other
                                  "metadata.json says max_seq_length=8: the metadata does not belong to these shards"),
              (edited_length, "{d}/metadata.json: max_seq_length=64 but the data was prepared with max_seq_length=32 "
                              "(its 'arguments'); the file was edited")]
-    from bert_jax import tokenizer
+    from bert_jax.data import tokenizer
 
     other = tokenizer.load(other_tokenizer).fingerprint
     for edit, message in cases:
@@ -449,7 +449,7 @@ def test_the_finiteness_check_is_one_program_over_sharded_parameters():
     import jax.numpy as jnp
     import numpy as np
 
-    from bert_jax.train_step import all_finite
+    from bert_jax.training.train_step import all_finite
 
     mesh = jax.make_mesh((8,), ("fsdp",))
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))

@@ -5,14 +5,13 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-
-from bert_jax import input_pipeline
-from bert_jax.checkpoint import Checkpointer
-from bert_jax.pretraining_data import load_metadata
-from bert_jax.sharding import make_mesh, mesh_shape
-from bert_jax.sharding import global_batch
-from bert_jax.train import setup
 from test_pretrain import data_dir, tiny_config  # noqa: F401  (the module's data fixture)
+
+from bert_jax.data import input_pipeline
+from bert_jax.data.pretraining_data import load_metadata
+from bert_jax.training.checkpoint import Checkpointer
+from bert_jax.training.sharding import global_batch, make_mesh, mesh_shape
+from bert_jax.training.train import setup
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=1, fsdp=8, tensor=1), dict(data=4, fsdp=1, tensor=2),
           dict(data=2, fsdp=2, tensor=2)]

@@ -9,8 +9,8 @@ import pytest
 import sentencepiece as spm
 import tokenizers
 
-from bert_jax import tokenizer
 from bert_jax.cli import main
+from bert_jax.data import tokenizer, tokenizer_training
 
 SENTENCES = ["서울은 한국의 역사이다.", "조선의 장군이 바다에서 전쟁을 하였다.", "학생이 도서관에서 과학을 보았다."]
 
@@ -19,7 +19,7 @@ SENTENCES = ["서울은 한국의 역사이다.", "조선의 장군이 바다에
 def test_train_load_and_match_tokenizer_json(tmp_path, korean_corpus, model_type):
     out = tmp_path / model_type
     vocab_size = 140 if model_type == "wordpiece" else 100  # WordPiece holds the alphabet twice
-    tok = tokenizer.train([str(korean_corpus)], str(out), vocab_size=vocab_size, model_type=model_type)
+    tok = tokenizer_training.train([str(korean_corpus)], str(out), vocab_size=vocab_size, model_type=model_type)
     assert tok.vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3, 4)
     assert tok.vocab_size == vocab_size
@@ -44,7 +44,7 @@ def test_word_starts(tokenizer_dir, tmp_path, korean_corpus):
     tok = tokenizer.load(tokenizer_dir)
     for i, piece in enumerate(tok.vocab):
         assert tok.is_word_start[i] == (piece.startswith("\u2581") or i < 5)
-    wp = tokenizer.train([str(korean_corpus)], str(tmp_path / "wp"), vocab_size=140, model_type="wordpiece")
+    wp = tokenizer_training.train([str(korean_corpus)], str(tmp_path / "wp"), vocab_size=140, model_type="wordpiece")
     ids = wp.encode("도서관에서")
     assert wp.is_word_start[ids].tolist() == [True] + [False] * (len(ids) - 1)
     assert all(wp.vocab[i].startswith("##") for i in ids[1:])
@@ -57,7 +57,7 @@ def test_decomposed_input_is_composed(tokenizer_dir):
 
 
 def test_sampling_and_lowercase(tmp_path, korean_corpus):
-    tok = tokenizer.train([str(korean_corpus)], str(tmp_path / "t"), vocab_size=140,
+    tok = tokenizer_training.train([str(korean_corpus)], str(tmp_path / "t"), vocab_size=140,
                           model_type="wordpiece", input_sentence_size=50, lowercase=True)
     assert tok.encode("SEOUL") == tok.encode("seoul")
     assert tok.settings["input_sentence_size"] == 50
@@ -65,17 +65,17 @@ def test_sampling_and_lowercase(tmp_path, korean_corpus):
 
 def test_bad_inputs(tmp_path, korean_corpus, tokenizer_dir, capsys):
     with pytest.raises(FileNotFoundError, match="--input .*missing.txt: no such file"):
-        tokenizer.train([str(tmp_path / "missing.txt")], str(tmp_path / "a"), vocab_size=100)
+        tokenizer_training.train([str(tmp_path / "missing.txt")], str(tmp_path / "a"), vocab_size=100)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")
     with pytest.raises(ValueError, match="holds no text"):
-        tokenizer.train([str(empty)], str(tmp_path / "b"), vocab_size=100)
+        tokenizer_training.train([str(empty)], str(tmp_path / "b"), vocab_size=100)
     with pytest.raises(ValueError, match="--vocab-size 5000 is too large for this corpus"):
-        tokenizer.train([str(korean_corpus)], str(tmp_path / "big"), vocab_size=5000)
+        tokenizer_training.train([str(korean_corpus)], str(tmp_path / "big"), vocab_size=5000)
     with pytest.raises(ValueError, match="too small for the alphabet"):
-        tokenizer.train([str(korean_corpus)], str(tmp_path / "small"), vocab_size=60, model_type="wordpiece")
+        tokenizer_training.train([str(korean_corpus)], str(tmp_path / "small"), vocab_size=60, model_type="wordpiece")
     with pytest.raises(FileExistsError, match="already holds a tokenizer"):
-        tokenizer.train([str(korean_corpus)], tokenizer_dir, vocab_size=100)
+        tokenizer_training.train([str(korean_corpus)], tokenizer_dir, vocab_size=100)
     with pytest.raises(FileNotFoundError, match="not a tokenizer directory"):
         tokenizer.load(str(tmp_path))
     assert not [p for p in os.listdir(tmp_path) if ".staging-" in p or p.endswith(".lock")]  # no leftovers

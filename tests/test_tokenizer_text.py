@@ -16,9 +16,10 @@ import sentencepiece as spm
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
-from bert_jax import hf_export, normalization, tokenizer, tokenizer_training
 from bert_jax.cli import main
-from bert_jax.pretraining_data import DataSettings, prepare_data
+from bert_jax.data import normalization, tokenizer, tokenizer_training
+from bert_jax.data.pretraining_data import DataSettings, prepare_data
+from bert_jax.inference import hf_export
 
 MODEL_TYPES = ("unigram", "bpe", "wordpiece")
 EMOTICONS = ["ㅋㅋㅋ", "ㅠㅠ", "ㅋㅠㅠ", "ㅎㅎ", "ㄷㄷ", "ㅇㅇ"]
@@ -70,7 +71,7 @@ def trained(tmp_path_factory, text_corpus):
     result = {}
     for name, size in zip(MODEL_TYPES + ("unigram lowercase",), (240, 400, 600, 220)):
         model_type = name.split()[0]
-        tok = tokenizer.train([str(text_corpus)], str(root / name), vocab_size=size, model_type=model_type,
+        tok = tokenizer_training.train([str(text_corpus)], str(root / name), vocab_size=size, model_type=model_type,
                               character_coverage=1.0, lowercase=name.endswith("lowercase"))
         exported = root / f"{name}-hf"
         hf_export.write_tokenizer(tok, str(exported), 512)
@@ -213,7 +214,7 @@ def test_training_is_deterministic_with_an_exact_vocabulary_size(tmp_path, text_
     runs = []
     for run in range(3):
         out = tmp_path / f"run{run}"
-        code = (f"from bert_jax import tokenizer\nfor model_type, size in {sizes!r}.items(): tokenizer.train("
+        code = (f"from bert_jax import tokenizer\nfor model_type, size in {sizes!r}.items(): tokenizer_training.train("
                 f"[{str(text_corpus)!r}], {str(out)!r} + '/' + model_type, vocab_size=size, model_type=model_type, seed=7)")
         subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONHASHSEED=str(run + 1)))
         runs.append({f"{d}/{name}": (out / d / name).read_bytes() for d in MODEL_TYPES for name in os.listdir(out / d)})
@@ -228,7 +229,7 @@ def test_vocabulary_size_bounds_are_exact_one_line_errors(tmp_path, korean_corpu
     """Kind 9: a size below the alphabet or above what the corpus supports is a ValueError naming
     the bound and the flags; the bound it names is exact (it trains, one beyond it does not)."""
     def train(size, name):
-        return tokenizer.train([str(korean_corpus)], str(tmp_path / name), vocab_size=size, model_type=model_type)
+        return tokenizer_training.train([str(korean_corpus)], str(tmp_path / name), vocab_size=size, model_type=model_type)
 
     with pytest.raises(ValueError, match="--vocab-size 20 is too small for the alphabet") as small:
         train(20, "small")

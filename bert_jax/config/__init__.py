@@ -1,0 +1,6 @@
+"""Experiment configs: the defaults (`defaults`), packaged presets (`presets`: `--config base`),
+loading with `--config.a.b=value` overrides (`loading`) and range checks of every field (`validation`)."""
+
+from bert_jax import lazy_submodules
+
+__getattr__, __dir__ = lazy_submodules(__name__, __path__)

@@ -1,7 +1,0 @@
-"""BERT-Base (L12/H768/A12), from the original BERT release's model family."""
-
-from bert_jax.default_config import bert_config
-
-
-def get_config():
-    return bert_config(num_layers=12, hidden_size=768)

@@ -1,7 +1,0 @@
-"""Demo: a small BERT (L2/H128/A2) that learns visibly on 2 CPU cores in a few minutes."""
-
-from bert_jax.default_config import demo_config
-
-
-def get_config():
-    return demo_config()

@@ -1,7 +1,0 @@
-"""BERT-Small (L4/H512/A8), from the original BERT release's model family."""
-
-from bert_jax.default_config import bert_config
-
-
-def get_config():
-    return bert_config(num_layers=4, hidden_size=512)
