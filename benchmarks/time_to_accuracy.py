@@ -1,6 +1,6 @@
 """Time to accuracy: our pretraining against transformers' BertForMaskedLM (PyTorch), side by side.
 
-    python benchmarks/time_to_accuracy.py fidelity [--steps 1000] [--seq 64] [--batch 64]
+    python benchmarks/time_to_accuracy.py fidelity [--steps 1000] [--schedule-steps 3000] [--seq 64] [--batch 64]
     python benchmarks/time_to_accuracy.py target [--target 0.30] [--steps 3000] [--seq 128]
     python benchmarks/time_to_accuracy.py ... --device gpu    # the same comparison on an accelerator
 
@@ -17,7 +17,7 @@ Shared machines drift: the load average is printed with every figure.
 
 fidelity: the original BERT recipe (post-LN, dropout 0.1) on both sides, starting from the same
 initial weights (ours exported through `bert_jax.models.hf_weights`), AdamW `--lr`, `--warmup` steps,
-cosine decay over `--steps`. Prints train MLM loss of both at equal steps (means over `--block`
+cosine decay over `--schedule-steps` (default `--steps`). Prints train MLM loss of both at equal steps (means over `--block`
 steps) and the wall-time ratio ours / transformers.
 
 target: eval MLM accuracy on the same fixed, masked held-out batches (documents never trained
@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="steps of each run (fidelity 1000, target 3000)")
+    parser.add_argument("--schedule-steps", type=int, default=None,
+                        help="fidelity: length of the learning-rate schedule (default --steps); --steps 250 "
+                             "--schedule-steps 3000 runs the first 250 steps of a 3,000-step run")
     parser.add_argument("--block", type=int, default=50, help="steps per turn when the two alternate")
     parser.add_argument("--lr", type=float, default=1e-3, help="fidelity: peak learning rate of both")
     parser.add_argument("--warmup", type=int, default=200, help="warmup steps (fidelity: both; target: transformers)")
@@ -291,13 +294,14 @@ def fidelity(args) -> None:
 
     data = prepare(args, pack=False)
     metadata = load_metadata(data)
-    config = original_recipe(args, args.steps, args.lr, "cosine")
+    config = original_recipe(args, args.schedule_steps or args.steps, args.lr, "cosine")
     ours = Ours(config, data)
     theirs = Transformers(config, ours.run.model, metadata["special_ids"]["[PAD]"], args.device,
                           init_params=jax.device_get(nn.meta.unbox(ours.state.params)))
     batches = ours.batches(args.steps)
     print(f"fidelity: L{args.layers}/H{args.hidden}, {args.seq} x {args.batch}, AdamW {args.lr}, warmup {args.warmup}, "
-          f"cosine over {args.steps} steps, dropout 0.1, same initial weights and batches; {args.device}")
+          f"cosine over {config.train.num_steps} steps (the first {args.steps} run), dropout 0.1, same initial "
+          f"weights and batches; {args.device}")
     rows, ratios, seconds = [], [], {"ours": 0.0, "transformers": 0.0}
     for done in range(0, args.steps, args.block):
         block = take(batches, min(args.block, args.steps - done))
