@@ -134,7 +134,8 @@ def fine_tune(args, init_dir: str, work: str, variant: str, train: str, validati
     accuracy = sum(int(p == y) for p, y in zip(predicted, labels)) / len(labels)
     print(f"{variant}: fine-tuned in {(time.time() - start) / 60:.1f} min (load {load()}); validation "
           f"{result['best']['eval_accuracy']:.4f} at epoch {result['best']['epoch']}, test {accuracy:.4f}", flush=True)
-    return {"validation": result["best"]["eval_accuracy"], "test": accuracy, "choice": f"epoch {result['best']['epoch']}"}
+    best = result["best"]
+    return {"validation": best["eval_accuracy"], "test": accuracy, "choice": f"epoch {best['epoch']}"}
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ Shared machines drift: the load average is printed with every figure.
 
 fidelity: the original BERT recipe (post-LN, dropout 0.1) on both sides, starting from the same
 initial weights (ours exported through `bert_jax.models.hf_weights`), AdamW `--lr`, `--warmup` steps,
-cosine decay over `--schedule-steps` (default `--steps`). Prints train MLM loss of both at equal steps (means over `--block`
-steps) and the wall-time ratio ours / transformers.
+cosine decay over `--schedule-steps` (default `--steps`). Prints train MLM loss of both at equal
+steps (means over `--block` steps) and the wall-time ratio ours / transformers.
 
 target: eval MLM accuracy on the same fixed, masked held-out batches (documents never trained
 on) against steps and seconds, until each run reaches `--target` or `--steps`. transformers runs
@@ -46,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["fidelity", "target"])
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--corpus", default=REVIEWS, help="plain text, one sentence per line, blank line between documents")
+    parser.add_argument("--corpus", default=REVIEWS,
+                        help="plain text, one sentence per line, blank line between documents")
     parser.add_argument("--work", default="/tmp/bench-time-to-accuracy", help="tokenizer and prepared data (reused)")
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--seq", type=int, default=None, help="sequence length (fidelity 64, target 128)")
@@ -213,7 +214,8 @@ class Transformers:
         hf_config = transformers.BertConfig(**hf.hf_config(model_config, pad_id))
         self.model = transformers.BertForMaskedLM(hf_config)
         if init_params is not None:  # our initial weights, under transformers' names
-            state = {k: torch.from_numpy(v.copy()) for k, v in hf_weights.params_to_hf(init_params, model_config).items()}
+            converted = hf_weights.params_to_hf(init_params, model_config)
+            state = {k: torch.from_numpy(v.copy()) for k, v in converted.items()}
             missing, _ = self.model.load_state_dict(state, strict=False)
             if missing:
                 raise RuntimeError(f"transformers' model lacks our weights for {missing}")
@@ -313,11 +315,13 @@ def fidelity(args) -> None:
         seconds["transformers"] += t_theirs
         ratios.append(t_ours / t_theirs)
         rows.append((ours.step, statistics.mean(l_ours), statistics.mean(l_theirs), load()))
-    print(f"| steps | ours: train MLM loss (mean of the last {args.block} steps) | transformers: same | load 1/5/15 min |")
+    print(f"| steps | ours: train MLM loss (mean of the last {args.block} steps) | transformers: same "
+          "| load 1/5/15 min |")
     print("|---:|---:|---:|---|")
     for step, lo, lt, ld in rows:
         print(f"| {step} | {lo:.3f} | {lt:.3f} | {ld} |")
-    print(f"wall time of {args.steps} steps: ours {seconds['ours']:.1f} s ({args.steps / seconds['ours']:.2f} steps/s), "
+    print(f"wall time of {args.steps} steps: ours {seconds['ours']:.1f} s "
+          f"({args.steps / seconds['ours']:.2f} steps/s), "
           f"transformers {seconds['transformers']:.1f} s ({args.steps / seconds['transformers']:.2f} steps/s); "
           f"ours/transformers {seconds['ours'] / seconds['transformers']:.3f} (median of per-block ratios "
           f"{statistics.median(ratios):.3f}); load {load()}")
@@ -350,12 +354,14 @@ def target(args) -> None:
                           args.device)
     runs = {"ours": (ours, ours.batches(args.steps)),
             "transformers": (theirs, pipeline_batches(reference, plain, metadata, args.steps))}
-    print(f"target: eval MLM accuracy {args.target} on {sum(int((b['masked_lm_weights'] > 0).sum()) for b in eval_batches)} "
+    masked = sum(int((b["masked_lm_weights"] > 0).sum()) for b in eval_batches)
+    print(f"target: eval MLM accuracy {args.target} on {masked} "
           f"masked held-out tokens; L{args.layers}/H{args.hidden}, {args.seq} x {args.batch}, at most {args.steps} "
           f"steps each; {args.device}")
     print(f"  ours: --config {args.config} on packed examples: {dict(ours.config.model)}; {dict(ours.config.optim)}; "
           f"mask_prob {ours.config.data.mask_prob}")
-    print(f"  transformers: BertForMaskedLM, post-LN, dropout 0.1, AdamW {args.hf_lr}, warmup {args.warmup}, linear decay")
+    print(f"  transformers: BertForMaskedLM, post-LN, dropout 0.1, AdamW {args.hf_lr}, warmup {args.warmup}, "
+          "linear decay")
     curves = {name: [(0, 0.0, run.accuracy(eval_batches))] for name, (run, _) in runs.items()}
     reached: dict[str, tuple[int, float]] = {}
     seconds = {name: 0.0 for name in runs}

@@ -102,7 +102,8 @@ def _pretrained(config, tokenizer_dir):
 def test_the_budget_recipe_exports_exactly_where_transformers_can_represent_it(tokenizer_dir, tmp_path):
     """The preset's exportable choices (post-LN, no dropout) give transformers' logits within 1e-5."""
     preset = load_config("tiny_budget").model
-    config = dataclasses.replace(SMALL, hidden_dropout=preset.hidden_dropout, attention_dropout=preset.attention_dropout)
+    config = dataclasses.replace(SMALL, hidden_dropout=preset.hidden_dropout,
+                                 attention_dropout=preset.attention_dropout)
     model = _pretrained(config, tokenizer_dir)
     export_hf(model, str(tmp_path / "hf"), "# card\n")
     hf_config = json.load(open(tmp_path / "hf" / "config.json"))
