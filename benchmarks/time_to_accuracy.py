@@ -32,7 +32,6 @@ and writes one PNG with both curves (`--plot`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
