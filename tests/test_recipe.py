@@ -14,6 +14,7 @@ import torch
 import transformers
 from flax import linen as nn
 
+from bert_jax.cli import main
 from bert_jax.config.loading import load_config
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.data.instances import assemble_packed, pack_documents
@@ -146,9 +147,14 @@ def test_packing_fills_examples_with_whole_sentences_across_documents():
     assert not columns["segment_ids"][0].any() and not columns["next_sentence_label"][0].any()
 
 
-def test_packing_is_refused_with_sentence_pairs():
-    with pytest.raises(ValueError, match="--pack-sequences needs --pair-task none"):
-        DataSettings(pair_task="nsp", pack_sequences=True).validate()
+def test_packing_with_sentence_pairs_is_a_one_line_error_before_any_work(korean_corpus, tokenizer_dir, tmp_path,
+                                                                         capsys):
+    assert main(["prepare-data", "--input", str(korean_corpus), "--tokenizer", tokenizer_dir,
+                 "--output", str(tmp_path / "data"), "--pair-task", "sop", "--pack-sequences"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "bert-jax prepare-data: error: --pack-sequences needs --pair-task none (got 'sop'): packed examples cross "
+        "documents, so they have no sentence pairs")
+    assert not os.path.exists(tmp_path / "data")
 
 
 def test_packed_data_keeps_every_token_and_fills_the_sequences(tmp_path, korean_corpus, tokenizer_dir):
