@@ -303,7 +303,10 @@ def fidelity(args) -> None:
     print(f"fidelity: L{args.layers}/H{args.hidden}, {args.seq} x {args.batch}, AdamW {args.lr}, warmup {args.warmup}, "
           f"cosine over {config.train.num_steps} steps (the first {args.steps} run), dropout 0.1, same initial "
           f"weights and batches; {args.device}")
-    rows, ratios, seconds = [], [], {"ours": 0.0, "transformers": 0.0}
+    print(f"| steps | ours: train MLM loss (mean of the last {args.block} steps) | transformers: same "
+          "| load 1/5/15 min |")
+    print("|---:|---:|---:|---|", flush=True)
+    ratios, seconds = [], {"ours": 0.0, "transformers": 0.0}
     for done in range(0, args.steps, args.block):
         block = take(batches, min(args.block, args.steps - done))
         if done == 0:
@@ -313,12 +316,8 @@ def fidelity(args) -> None:
         seconds["ours"] += t_ours
         seconds["transformers"] += t_theirs
         ratios.append(t_ours / t_theirs)
-        rows.append((ours.step, statistics.mean(l_ours), statistics.mean(l_theirs), load()))
-    print(f"| steps | ours: train MLM loss (mean of the last {args.block} steps) | transformers: same "
-          "| load 1/5/15 min |")
-    print("|---:|---:|---:|---|")
-    for step, lo, lt, ld in rows:
-        print(f"| {step} | {lo:.3f} | {lt:.3f} | {ld} |")
+        print(f"| {ours.step} | {statistics.mean(l_ours):.3f} | {statistics.mean(l_theirs):.3f} | {load()} |",
+              flush=True)
     print(f"wall time of {args.steps} steps: ours {seconds['ours']:.1f} s "
           f"({args.steps / seconds['ours']:.2f} steps/s), "
           f"transformers {seconds['transformers']:.1f} s ({args.steps / seconds['transformers']:.2f} steps/s); "
