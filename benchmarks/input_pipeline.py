@@ -19,7 +19,7 @@ import time
 
 from bert_jax.data import input_pipeline
 from bert_jax.data.pretraining_data import load_metadata
-from bert_jax.training import cpu_tuning
+from bert_jax import backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CORPUS = os.path.join(HERE, "..", "..", "shared", "data", "kowiki_docs_5MB.txt")
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    cpu_tuning.reexec_with_tuned_malloc()
+    backend.reexec_with_tuned_malloc()
     if not os.path.exists(args.corpus):
         raise SystemExit(f"--corpus {args.corpus}: not found (the shared Korean Wikipedia file)")
     work = tempfile.mkdtemp(prefix="bench-pipeline-")

@@ -9,7 +9,7 @@ Traces `--steps` steps of the benchmark config (after warm-up) into a temporary 
 the trace back with `jax.profiler.ProfileData`, and prints the ops that took the most time per
 step (summed over XLA's worker and client threads), then the shares of matrix multiplies (dot /
 YNNPACK fusions), layout copies and everything else. Eigen matmuls (what CPU train steps compile
-to, see bert_jax/training/cpu_tuning.py) run without trace annotations, so their time is missing from the
+to, see bert_jax/backend.py) run without trace annotations, so their time is missing from the
 sums. Open the trace directory in TensorBoard's profile plugin or Perfetto for the timeline.
 """
 
@@ -24,7 +24,7 @@ import jax
 from jax.profiler import ProfileData
 from train_step import CONFIGS, _median_seconds, make_batch, our_step
 
-from bert_jax.training import cpu_tuning
+from bert_jax import backend
 
 
 def op_seconds(trace_dir: str, device: str = "cpu") -> collections.Counter:
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    cpu_tuning.reexec_with_tuned_malloc()
+    backend.reexec_with_tuned_malloc()
     layers, hidden, batch_size, _ = CONFIGS[args.config]
     step, _ = our_step(layers, hidden, make_batch(batch_size))
     seconds = _median_seconds(step, 2, 2)

@@ -14,7 +14,7 @@ peak: on CPU a float32 matmul peak measured in the same run, on GPU/TPU the vend
 figure (`bert_jax.models.flops.PEAK_TFLOPS`).
 
 --device cpu (default): all cores, float32 on both sides, PyTorch eager. Like `bert-jax pretrain`,
-the benchmark re-executes itself with tuned glibc malloc settings (`bert_jax/training/cpu_tuning.py`),
+the benchmark re-executes itself with tuned glibc malloc settings (`bert_jax/backend.py`),
 which then apply to both steps; `--default-malloc` keeps glibc's defaults.
 --device gpu: our step with dtype 'auto' (bfloat16 compute, float32 parameters and AdamW state)
 against `--peers` eager and torch.compile, both with bf16 autocast, SDPA attention and fused
@@ -39,7 +39,7 @@ import numpy as np
 from bert_jax.config.defaults import bert_config
 from bert_jax.data.masking import MaskingConfig, mask_batch
 from bert_jax.models import flops
-from bert_jax.training import cpu_tuning
+from bert_jax import backend
 from bert_jax.training.sharding import global_batch
 from bert_jax.training.train import setup
 
@@ -166,7 +166,7 @@ def measured_matmul_peak(size: int = 4096, repeats: int = 10) -> float:
     default (YNNPACK) and the Eigen path that our steps compile with."""
     a = jnp.ones((size, size), jnp.float32)
     rates = []
-    for options in (None, cpu_tuning.compiler_options(jax.sharding.Mesh(jax.devices()[:1], ("d",)))):
+    for options in (None, backend.compiler_options(jax.sharding.Mesh(jax.devices()[:1], ("d",)))):
         matmul = jax.jit(lambda x: x @ x, compiler_options=options)
         rates.append(2 * size**3 / _median_seconds(lambda: matmul(a).block_until_ready(), 2, repeats))
     return max(rates)
@@ -222,7 +222,7 @@ def main() -> None:
         parser.error(f"--peers {args.peers}: choose from eager, compile (none on TPU)")
     steps = args.steps or (10 if device == "cpu" else 20)
     if device == "cpu" and not args.default_malloc:
-        cpu_tuning.reexec_with_tuned_malloc()
+        backend.reexec_with_tuned_malloc()
     if device == "gpu":  # JAX would take 75% of the GPU up front and starve the PyTorch peers
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     jax.config.update("jax_platforms", JAX_PLATFORMS[device])

@@ -8,7 +8,8 @@ The sub-packages, in the order data flows through them:
 - `bert_jax.models`: the Flax modules and the Hugging Face weight mapping;
 - `bert_jax.training`: the train loop, steps, optimizer, mesh sharding, checkpoints and logs;
 - `bert_jax.inference`: params-only loading, fill-mask, Hugging Face export/import, the notebook model;
-- `bert_jax.config`: experiment configs (defaults, presets, overrides, validation).
+- `bert_jax.config`: experiment configs (defaults, presets, overrides, validation);
+- `bert_jax.backend`: everything that differs per platform (CPU, GPU, TPU), in one module.
 
 The public names and the submodules are imported on first use (PEP 562 `__getattr__`), so
 `import bert_jax`, tab completion and the command line's start load neither JAX nor TensorFlow.

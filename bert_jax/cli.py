@@ -7,34 +7,40 @@ import json
 import os
 import sys
 
+from bert_jax.config import flag_fields
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 TRAINING_COMMANDS = ("pretrain", "evaluate", "finetune", "demo")  # re-executed with tuned malloc
 
 
+TOKENIZER_SETTINGS = ("vocab_size", "model_type", "character_coverage", "input_sentence_size", "lowercase", "seed")
+
+
 def _train_tokenizer(args) -> None:
     from bert_jax.data import tokenizer_training
 
-    tok = tokenizer_training.train(args.input, args.output, vocab_size=args.vocab_size,
-                          model_type=args.model_type, character_coverage=args.character_coverage,
-                          input_sentence_size=args.input_sentence_size, lowercase=args.lowercase,
-                          seed=args.seed, progress=True)
+    settings = {name: getattr(args, name) for name in TOKENIZER_SETTINGS if getattr(args, name) is not None}
+    tok = tokenizer_training.train(args.input, args.output, progress=True, **settings)
     print(f"wrote {args.output}: {tok.model_type} tokenizer, {tok.vocab_size} tokens, "
           f"fingerprint {tok.fingerprint}")
 
 
-def _prepare_data(args) -> None:
-    from bert_jax.data.pretraining_data import DataSettings, prepare_data
+def data_settings_from(args):
+    """`DataSettings` from the `prepare-data` flags given; the others keep the dataclass's defaults."""
+    import dataclasses
 
-    settings = DataSettings(
-        max_seq_length=args.max_seq_length, pair_task=args.pair_task, pack_sequences=args.pack_sequences,
-        short_seq_prob=args.short_seq_prob,
-        masking=args.masking, dupe_factor=args.dupe_factor, mask_prob=args.mask_prob,
-        max_predictions_per_seq=args.max_predictions_per_seq, eval_fraction=args.eval_fraction,
-        num_shards=args.num_shards, seed=args.seed, docs_per_chunk=args.docs_per_chunk,
-        chunk_chars=args.chunk_chars,
-        text_field=args.text_field)
+    from bert_jax.data.pretraining_data import DataSettings
+
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DataSettings)}
+    return DataSettings(**{name: value for name, value in given.items() if value is not None})
+
+
+def _prepare_data(args) -> None:
+    from bert_jax.data.pretraining_data import prepare_data
+
+    settings = data_settings_from(args)
     metadata = prepare_data(args.input, args.tokenizer, args.output, settings, workers=args.workers,
                             progress=not args.quiet)
     summary = metadata["summary"]
@@ -48,14 +54,14 @@ def _add_tokenizer_parser(subparsers) -> None:
     p = subparsers.add_parser("train-tokenizer", help="train a SentencePiece or WordPiece tokenizer")
     p.add_argument("--input", nargs="+", required=True, help="text files, globs or tfds:NAME")
     p.add_argument("--output", required=True, help="tokenizer directory to create")
-    p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--model-type", choices=["unigram", "bpe", "wordpiece"], default="unigram")
-    p.add_argument("--character-coverage", type=float, default=0.9995,
-                   help="share of characters covered by the vocabulary (0.9995 suits Korean)")
-    p.add_argument("--input-sentence-size", type=int, default=2_000_000,
-                   help="sentences sampled from the corpus for training")
-    p.add_argument("--lowercase", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    setting = _keyword_default("bert_jax.data.tokenizer_training", "train")  # one default: train()'s keywords
+    setting(p.add_argument("--vocab-size", type=int, help="exact vocabulary size, specials included"))
+    setting(p.add_argument("--model-type", choices=["unigram", "bpe", "wordpiece"], help="tokenizer model"))
+    setting(p.add_argument("--character-coverage", type=float,
+                           help="share of characters covered by the vocabulary (the default suits Korean)"))
+    setting(p.add_argument("--input-sentence-size", type=int, help="sentences sampled from the corpus for training"))
+    setting(p.add_argument("--lowercase", action="store_true", default=None, help="lower-case the text first"))
+    setting(p.add_argument("--seed", type=int, help="sentence sampling and training seed"))
     p.set_defaults(run=_train_tokenizer)
 
 
@@ -66,34 +72,36 @@ def _add_prepare_parser(subparsers) -> None:
                         "globs, or tfds:NAME[:SPLIT]")
     p.add_argument("--tokenizer", required=True, help="directory from train-tokenizer")
     p.add_argument("--output", required=True, help="data directory to create")
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--pair-task", choices=["nsp", "sop", "none"], default="nsp")
-    p.add_argument("--pack-sequences", action="store_true",
-                   help="with --pair-task none: fill each example with whole sentences across documents, "
-                        "a [SEP] after each (RoBERTa's FULL-SENTENCES; for short documents such as reviews)")
-    p.add_argument("--short-seq-prob", type=float, default=0.1)
-    p.add_argument("--masking", choices=["dynamic", "static"], default="dynamic")
-    p.add_argument("--dupe-factor", type=int, default=1)
-    p.add_argument("--mask-prob", type=float, default=0.15)
-    p.add_argument("--max-predictions-per-seq", type=int, default=20)
-    p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents for eval")
-    p.add_argument("--num-shards", type=int, default=0, help="train shards (0 = by input size)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--docs-per-chunk", type=int, default=128, help="most documents per worker task")
-    p.add_argument("--chunk-chars", type=int, default=100_000, help="characters per worker task")
-    p.add_argument("--text-field", default="text", help="field of JSON lines / tfds records")
+    setting = _field_default("bert_jax.data.pretraining_data", "DataSettings")  # one default: the dataclass's
+    setting(p.add_argument("--max-seq-length", type=int, help="tokens per example"))
+    setting(p.add_argument("--pair-task", choices=["nsp", "sop", "none"], help="sentence-pair task"))
+    setting(p.add_argument("--pack-sequences", action="store_true", default=None,
+                           help="with --pair-task none: fill each example with whole sentences across documents, "
+                                "a [SEP] after each (RoBERTa's FULL-SENTENCES; for short texts such as reviews)"))
+    setting(p.add_argument("--short-seq-prob", type=float, help="share of examples with a shorter target length"))
+    setting(p.add_argument("--masking", choices=["dynamic", "static"], help="mask in the input pipeline or store masks"))
+    setting(p.add_argument("--dupe-factor", type=int, help="passes over the corpus"))
+    setting(p.add_argument("--mask-prob", type=float, help="share of real tokens to predict"))
+    setting(p.add_argument("--max-predictions-per-seq", type=int, help="masked positions per example"))
+    setting(p.add_argument("--eval-fraction", type=float, help="share of documents for eval"))
+    setting(p.add_argument("--num-shards", type=int, help="train shards (0 = by input size)"))
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    setting(p.add_argument("--seed", type=int, help="seed of the pairs and (static) masks"))
+    setting(p.add_argument("--docs-per-chunk", type=int, help="most documents per worker task"))
+    setting(p.add_argument("--chunk-chars", type=int, help="characters per worker task"))
+    setting(p.add_argument("--text-field", help="field of JSON lines / tfds records"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_prepare_data)
 
 
 def _pretrain(args) -> None:
     from bert_jax.config.loading import load_config
+
+    config = load_config(args.config, args.overrides)  # before JAX and TensorFlow load: errors come at once
     from bert_jax.training.distributed import maybe_initialize
     from bert_jax.training.train import train_and_evaluate
 
     maybe_initialize()
-    config = load_config(args.config, args.overrides)
     metrics = train_and_evaluate(config, args.data, args.workdir, tuple(args.allow_change))
     if jax_process_index() == 0:
         print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=1))
@@ -113,7 +121,8 @@ def _evaluate(args) -> None:
 
 def _add_train_parsers(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="pretrain BertForPreTraining on prepared shards",
-                              epilog="Any config field can be overridden: --config.train.num_steps=1000")
+                              epilog="Any config field can be overridden: --config.train.num_steps=1000 or "
+                                     "--config.train.num_steps 1000")
     p.add_argument("--config", required=True,
                    help="a packaged config (tiny, mini, small, medium, base, large, demo, tiny_budget) or a .py file "
                         "with get_config()")
@@ -133,7 +142,8 @@ def _add_train_parsers(subparsers) -> None:
 def _fill_mask(args) -> None:
     from bert_jax.inference import fill_mask, pretrained
 
-    results = fill_mask.fill_mask(pretrained.load(args.model), args.text, top_k=args.top_k)
+    top_k = {} if args.top_k is None else {"top_k": args.top_k}
+    results = fill_mask.fill_mask(pretrained.load(args.model), args.text, **top_k)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
         return
@@ -147,7 +157,8 @@ def _fill_mask(args) -> None:
 def _export_hf(args) -> None:
     from bert_jax.inference import hf_export
 
-    model = hf_export.export_directory(args.model, args.output, args.language, args.license, args.keep_positions)
+    model = hf_export.export_directory(args.model, args.output, args.language, args.license, args.keep_positions,
+                                         progress=True)
     print(f"wrote {args.output}: step {model.step}; load it with transformers' AutoModelForMaskedLM / "
           f"BertForPreTraining and AutoTokenizer, or publish it with `hf upload USER/MODEL {args.output}`")
 
@@ -166,7 +177,8 @@ def _add_hf_parsers(subparsers) -> None:
     p = subparsers.add_parser("fill-mask", help="top-k predictions for [MASK] tokens")
     p.add_argument("--model", required=True, help="pretraining workdir or Hugging Face directory")
     p.add_argument("text", nargs="+", help="texts with one or more [MASK]")
-    p.add_argument("--top-k", type=int, default=5)
+    _keyword_default("bert_jax.inference.fill_mask", "fill_mask")(
+        p.add_argument("--top-k", type=int, help="candidates per [MASK]"))
     p.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON")
     p.set_defaults(run=_fill_mask)
     p = subparsers.add_parser("export-hf", help="write a workdir as a Hugging Face BERT directory")
@@ -184,25 +196,25 @@ def _add_hf_parsers(subparsers) -> None:
     p.set_defaults(run=_import_hf)
 
 
-FINETUNE_FLAGS = {"max_length": "max_length", "batch_size": "global_batch_size", "epochs": "epochs",
-                  "learning_rate": "learning_rate", "patience": "patience", "seed": "seed"}
+def finetune_config_from(args):
+    """`bert_jax.config.defaults.finetune_config()` with the `finetune` flags that name config
+    fields (`--epochs`, ...), then the `--config.a.b` overrides, which win over those flags."""
+    from bert_jax.config.defaults import finetune_config
+    from bert_jax.config.loading import apply_overrides
+
+    config = finetune_config()
+    config.update_from_flattened_dict(flag_fields.given(args, flag_fields.FINETUNE))
+    return apply_overrides(config, args.overrides)
 
 
 def _finetune(args) -> None:
-    from bert_jax.config.defaults import finetune_config
-    from bert_jax.config.loading import apply_overrides
+    if (args.task == "pair-classification") != bool(args.text_pair_column):
+        raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
+    config = finetune_config_from(args)  # before JAX and TensorFlow load: errors come at once
     from bert_jax.training.distributed import maybe_initialize
     from bert_jax.training.finetune import finetune
 
-    if (args.task == "pair-classification") != bool(args.text_pair_column):
-        raise ValueError("--task pair-classification needs --text-pair-column, and only it takes one")
     maybe_initialize()
-    config = finetune_config()
-    for flag, field in FINETUNE_FLAGS.items():
-        if getattr(args, flag) is not None:
-            config.train[field] = getattr(args, flag)
-    config.train.from_scratch = args.from_scratch
-    apply_overrides(config, args.overrides)
     result = finetune(args.model, args.train, args.eval, args.workdir, args.text_column, args.label_column,
                       args.text_pair_column, config, args.labels, args.skip_bad_rows)
     if jax_process_index() == 0:
@@ -243,13 +255,7 @@ def _add_finetune_parsers(subparsers) -> None:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip and count rows with the wrong number of fields, bad JSON or an empty label "
                         "(default: an error naming the line)")
-    p.add_argument("--max-length", type=int, help="tokens per example (default 128)")
-    p.add_argument("--batch-size", type=int, help="global batch (default 32)")
-    p.add_argument("--epochs", type=int, help="default 3")
-    p.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5)")
-    p.add_argument("--patience", type=int, help="epochs without eval improvement before stopping (default 1)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--from-scratch", action="store_true", help="random weights, same architecture (baseline)")
+    add_config_flags(p, flag_fields.FINETUNE, "finetune_config")
     p.set_defaults(run=_finetune, accepts_overrides=True)
     p = subparsers.add_parser("predict", help="predictions with probabilities from a fine-tuned model")
     p.add_argument("--model", required=True)
@@ -263,15 +269,16 @@ def _add_finetune_parsers(subparsers) -> None:
 def _demo(args) -> None:
     from bert_jax.demo import run_demo
 
-    run_demo(args.workdir, args.corpus, args.steps)
+    run_demo(args.workdir, args.corpus, args.steps, overrides=args.overrides)
 
 
 def _add_demo_parser(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)")
+    p = subparsers.add_parser("demo", help="the whole workflow on built-in Korean text (a few minutes)",
+                              epilog="Any field of the demo config can be overridden: --config.model.num_layers=4")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--corpus", help="your own text (a sentence per line, blank line between documents)")
-    p.add_argument("--steps", type=int, help="pretraining steps (default: the demo config's 800)")
-    p.set_defaults(run=_demo)
+    add_config_flags(p, flag_fields.DEMO, "demo_config")
+    p.set_defaults(run=_demo, accepts_overrides=True)
 
 
 class OldFlagName(argparse.Action):
@@ -297,11 +304,67 @@ def add_model_flag(parser: argparse.ArgumentParser, help: str, old_name: str | N
         group.add_argument(old_name, dest="model", metavar="DIR", action=OldFlagName, help=argparse.SUPPRESS)
 
 
+# Flags whose setting has its one default elsewhere (a config field, a dataclass field, a keyword
+# argument) default to None, "not given", and carry `default_source`: a function returning that
+# default, which --help calls (`HelpFormatter`), so that building the parser imports nothing.
+
+def add_config_flags(parser: argparse.ArgumentParser, table: dict[str, tuple], defaults: str) -> None:
+    """Adds the flags of `table` (`bert_jax.config.flag_fields`), each a short name for a field of
+    the config that `bert_jax.config.defaults.<defaults>()` makes; --help shows the field's default."""
+    for flag, (field, kind, text) in table.items():
+        text = f"{text}; sets config.{field}"
+        if kind is bool:
+            action = parser.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            action = parser.add_argument(flag, type=kind, help=text)
+        action.default_source = lambda defaults=defaults, field=field: _config_default(defaults, field)
+
+
+def _config_default(defaults: str, field: str):
+    """The default of config field `field` ('train.epochs') in `bert_jax.config.defaults.<defaults>()`."""
+    from bert_jax.config import defaults as defaults_module
+
+    config = getattr(defaults_module, defaults)()
+    for name in field.split("."):
+        config = config[name]
+    return config
+
+
+def _field_default(module: str, dataclass: str):
+    """A function marking a flag whose default is the same-named field's of `module.dataclass`."""
+    def mark(action: argparse.Action) -> None:
+        def source():
+            import importlib
+
+            return getattr(getattr(importlib.import_module(module), dataclass), action.dest)
+        action.default_source = source
+    return mark
+
+
+def _keyword_default(module: str, function: str):
+    """A function marking a flag whose default is the same-named keyword's of `module.function`."""
+    def mark(action: argparse.Action) -> None:
+        def source():
+            import importlib
+            import inspect
+
+            return inspect.signature(getattr(importlib.import_module(module), function)).parameters[action.dest].default
+        action.default_source = source
+    return mark
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each flag's default, except where there is none to show (None, a store_true
-    flag's False) or the help text already says it."""
+    flag's False) or the help text already says it; a flag with a `default_source` shows that
+    default, looked up only when help is shown."""
 
     def _get_help_string(self, action):
+        if hasattr(action, "default_source"):
+            value = action.default_source()
+            if value is False:  # a switch
+                return action.help
+            shown = f"(default: {value})".replace("%", "%%")
+            return f"{action.help} {shown}" if action.help else shown
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
@@ -318,8 +381,12 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bert_jax import completion
+
     parser = argparse.ArgumentParser(prog="bert-jax", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--print-completion", action=completion.PrintCompletion,
+                        help="print a tab-completion script for the shell (needs shtab)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_tokenizer_parser(subparsers)
     _add_prepare_parser(subparsers)
@@ -364,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bert-jax` console script. Returns the exit status: 0, 2 for bad input,
     1 for a failed run; `--debug` (or BERT_JAX_DEBUG=1) shows tracebacks instead of one line."""
     if argv is None and sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
-        from bert_jax.training import cpu_tuning
+        from bert_jax import backend
 
-        cpu_tuning.reexec_with_tuned_malloc()
+        backend.reexec_with_tuned_malloc()
     args, unknown = build_parser().parse_known_args(argv)
     if unknown and not getattr(args, "accepts_overrides", False):
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Sequence
 
 from bert_jax.data import corpus as corpus_lib
 
@@ -58,11 +59,21 @@ def write_demo_corpus(path: str) -> int:
 
 
 def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = None,
-             vocab_size: int = 2000) -> dict:
+             vocab_size: int = 2000, overrides: Sequence[str] = ()) -> dict:
     """Runs tokenizer training, data preparation, pretraining, evaluation and fill-mask in `workdir`
-    (a local directory; relative paths are taken from the current directory)."""
-    from bert_jax import fs
+    (a local directory; relative paths are taken from the current directory). `num_steps` replaces
+    the demo config's step count and caps its warmup at a tenth of it; `overrides` (`--config.a.b=value`
+    tokens, `bert_jax.config.loading.apply_overrides`) are applied to the demo config after that.
+    Bad overrides are a ValueError before anything is written."""
     from bert_jax.config.defaults import demo_config
+    from bert_jax.config.loading import apply_overrides
+
+    config = demo_config()
+    if num_steps:
+        config.train.num_steps = num_steps
+        config.optim.warmup_steps = min(config.optim.warmup_steps, num_steps // 10)
+    apply_overrides(config, overrides)  # before JAX and TensorFlow load: errors come at once
+    from bert_jax import fs
     from bert_jax.data import tokenizer_training
     from bert_jax.data.pretraining_data import METADATA_FILE, DataSettings, prepare_data
     from bert_jax.inference import fill_mask, pretrained
@@ -78,10 +89,6 @@ def run_demo(workdir: str, corpus: str | None = None, num_steps: int | None = No
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
         tok = tokenizer_training.train([corpus], tokenizer_dir, vocab_size=vocab_size, model_type="unigram")
         print(f"[2/5] tokenizer: unigram, {tok.vocab_size} tokens -> {tokenizer_dir}")
-    config = demo_config()
-    if num_steps:
-        config.train.num_steps = num_steps
-        config.optim.warmup_steps = min(config.optim.warmup_steps, num_steps // 10)
     data_dir = os.path.join(workdir, "data")
     if not os.path.exists(os.path.join(data_dir, METADATA_FILE)):
         metadata = prepare_data([corpus], tokenizer_dir, data_dir, DataSettings(

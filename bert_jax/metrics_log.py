@@ -53,10 +53,17 @@ class MetricsLogger:
                 self._write_events(row["step"], {k: v for k, v in row.items() if k != "step"})
 
     def _write_config(self, path: str) -> None:
-        """The run's resolved config.json (when written) as a TensorBoard text summary 'config'."""
+        """The run's resolved config.json (when written) as a TensorBoard text summary 'config' and
+        as the run's hyper-parameters in TensorBoard's HParams dashboard (one trial named after the
+        workdir, each field a dotted name such as `optim.learning_rate`)."""
+        from tensorboard.plugins.hparams import api as hparams_api
+
         if tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path) as f, self.writer.as_default(step=0):
-                tf.summary.text("config", f"```json\n{f.read()}\n```")  # markdown: a code block
+                text = f.read()
+                tf.summary.text("config", f"```json\n{text}\n```")  # markdown: a code block
+                run = os.path.basename(os.path.normpath(os.path.dirname(path)))
+                hparams_api.hparams(hparams(json.loads(text)), trial_id=run)
 
     def _write_events(self, step: int, metrics: dict[str, float]) -> None:
         """Scalars as `simple_value` Summary protos (TF1 style), which TensorBoard's UI and
@@ -75,6 +82,21 @@ class MetricsLogger:
         with tf.io.gfile.GFile(self.path, "a") as f:
             f.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
         self.print_fn(format_line(step, metrics))
+
+
+def hparams(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config as flat HParams values: `{"optim": {"learning_rate": 1e-3}}` ->
+    `{"optim.learning_rate": 1e-3}`. The plugin takes bool, int, float and str values only, so
+    lists and None become their JSON text (jax.tree_util would split lists into leaves and drop
+    None, hence our own walk)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= hparams(value, name + ".")
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return flat
 
 
 def _fresh_event_writer(directory: str):

@@ -1,6 +1,6 @@
 """Guards of the accelerator (GPU/TPU) train step that run on CPU: embeddings without scatters into
 small or bfloat16 tables, attention implementations that agree, dtype 'auto', the per-backend
-switches of `bert_jax.backend`, and the CLI's malloc re-exec staying off accelerator hosts.
+switches of `bert_jax.backend` (its host settings: tests/test_platform.py).
 
 The step is traced twice: as it runs here (CPU variant) and with `backend.current` reporting
 'gpu' (accelerator variant: plain autodiff gradients, rbg dropout bits), and the HLO is read."""
@@ -17,7 +17,6 @@ import pytest
 from bert_jax import backend
 from bert_jax.config.defaults import bert_config, finetune_config
 from bert_jax.models.bert import BertConfig, BertForPreTraining, Embeddings, attention, fused_attention_masking
-from bert_jax.training import cpu_tuning
 
 TINY = BertConfig(vocab_size=211, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
                   max_position_embeddings=24, hidden_dropout=0.1, attention_dropout=0.0)
@@ -259,15 +258,3 @@ def test_bf16_step_compiles_once_and_keeps_float32_state():
     assert run.train_step._cache_size() == 1
     assert int(state.step) == 3 and np.isfinite(float(metrics["mlm_loss_sum"]))
     assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {jnp.dtype("float32")}
-
-
-# --- the CLI's malloc re-exec ----------------------------------------------------------------
-
-def test_malloc_reexec_only_on_cpu_hosts(tmp_path):
-    assert cpu_tuning.cpu_host({"JAX_PLATFORMS": "cpu"}) and cpu_tuning.cpu_host({"JAX_PLATFORMS": "cpu,cuda"})
-    assert not cpu_tuning.cpu_host({"JAX_PLATFORMS": "cuda"}) and not cpu_tuning.cpu_host({"JAX_PLATFORMS": "tpu,cpu"})
-    assert cpu_tuning.cpu_host({}, device_files=(str(tmp_path / "nvidia[0-9]*"),))
-    (tmp_path / "nvidia0").touch()
-    assert not cpu_tuning.cpu_host({}, device_files=(str(tmp_path / "nvidia[0-9]*"),))
-    assert cpu_tuning.tuned_environment({"JAX_PLATFORMS": "cuda"}, "glibc") is None
-    assert cpu_tuning.tuned_environment({"JAX_PLATFORMS": "cpu"}, "glibc")["GLIBC_TUNABLES"] == cpu_tuning.TUNABLES

@@ -27,7 +27,7 @@ def test_overrides_keep_types_and_reject_bad_values():
     assert config.train.num_steps == 50 and config.optim.learning_rate == 3e-4
     assert config.model.remat is True and config.model.dtype == "bfloat16"
     assert isinstance(config.optim.end_lr_factor, float)
-    for bad, message in [("--config.train.num_steps=many", "expected a int"),
+    for bad, message in [("--config.train.num_steps=many", "expected an integer"),
                          ("--config.model.remat=maybe", "expected true or false"),
                          ("--config.nope.x=1", "no config section 'nope'"),
                          ("--train.num_steps=1", "config overrides look like")]:

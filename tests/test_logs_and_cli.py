@@ -71,7 +71,7 @@ def test_version_and_defaults_in_help():
     assert _cli("--version")[:2] == (0, f"bert-jax {metadata.version('bert_jax')}\n")
     status, out, _ = _cli("prepare-data", "--help")
     out = " ".join(out.split())  # argparse wraps lines
-    assert status == 0 and "--max-seq-length MAX_SEQ_LENGTH (default: 128)" in out
+    assert status == 0 and "--max-seq-length MAX_SEQ_LENGTH tokens per example (default: 128)" in out
     assert "(default: nsp)" in out and "(default: None)" not in out and "(default: False)" not in out
     status, out, _ = _cli("finetune", "--help")
     out = " ".join(out.split())

@@ -304,7 +304,7 @@ def test_forked_cli_workers_write_what_one_process_writes(tmp_path, korean_corpu
 
     settings = DataSettings(max_seq_length=48, num_shards=2, chunk_chars=2000)
     prepare_data([str(korean_corpus)], tokenizer_dir, str(tmp_path / "one"), settings, workers=1, progress=False)
-    code = ("import sys; from bert_jax import pretraining_data as p; from bert_jax.cli import main; "
+    code = ("import sys; from bert_jax.data import pretraining_data as p; from bert_jax.cli import main; "
             "assert p._start_method() == 'fork'; code = main(sys.argv[1:]); "
             "assert 'tensorflow' not in sys.modules and 'jax' not in sys.modules; sys.exit(code)")
     subprocess.run([sys.executable, "-c", code, "prepare-data", "--input", str(korean_corpus), "--tokenizer",

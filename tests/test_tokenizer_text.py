@@ -214,7 +214,7 @@ def test_training_is_deterministic_with_an_exact_vocabulary_size(tmp_path, text_
     runs = []
     for run in range(3):
         out = tmp_path / f"run{run}"
-        code = (f"from bert_jax import tokenizer\nfor model_type, size in {sizes!r}.items(): tokenizer_training.train("
+        code = (f"from bert_jax.data import tokenizer_training\nfor model_type, size in {sizes!r}.items(): tokenizer_training.train("
                 f"[{str(text_corpus)!r}], {str(out)!r} + '/' + model_type, vocab_size=size, model_type=model_type, seed=7)")
         subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONHASHSEED=str(run + 1)))
         runs.append({f"{d}/{name}": (out / d / name).read_bytes() for d in MODEL_TYPES for name in os.listdir(out / d)})

@@ -73,12 +73,36 @@ def bert_config(num_layers: int, hidden_size: int, **model_overrides) -> ml_coll
         grad_clip_norm=1.0,  # global gradient-norm clipping (0 = off)
     ))
 
-    config.mesh = ml_collections.ConfigDict(dict(
+    config.mesh = mesh_config()
+    return config
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """The device mesh ('data', 'fsdp', 'tensor') and the logical axis rules that place parameters,
+    optimizer state and activations on it (bert_jax/training/sharding.py); the same section in
+    pretraining and fine-tuning."""
+    return ml_collections.ConfigDict(dict(
         data=-1,  # data-parallel axis size; -1 = all remaining devices
         fsdp=1,  # parameters and optimizer state sharded over this axis (ZeRO-3 style)
         tensor=1,  # tensor (model) parallel axis: heads, feed-forward and vocabulary split
+        # Flax logical axis rules, (logical axis, mesh axis | tuple of mesh axes | None), in order.
+        # Flax takes the first rule whose mesh axes are still unused in a spec, so activations
+        # ('batch', 'length', 'embed') shard only the batch, while parameters shard 'embed' over
+        # fsdp (ZeRO-3 style) and heads / feed-forward / vocabulary over tensor. None = replicated.
+        logical_axis_rules=(
+            ("batch", ("data", "fsdp")),
+            ("length", None),
+            ("embed", "fsdp"),
+            ("embed_out", None),
+            ("heads", "tensor"),
+            ("kv", None),
+            ("mlp", "tensor"),
+            ("vocab", "tensor"),
+            ("position", None),
+            ("segment", None),
+            ("layers", None),
+        ),
     ))
-    return config
 
 
 def demo_config() -> ml_collections.ConfigDict:
@@ -122,5 +146,5 @@ def finetune_config() -> ml_collections.ConfigDict:
         checkpoint_every=500,  # steps between checkpoints (and one after every epoch)
         max_to_keep=2,
     ))
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.mesh = mesh_config()
     return config

@@ -12,6 +12,8 @@ import math
 
 import ml_collections
 
+from bert_jax.config import flag_fields
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -83,12 +85,6 @@ FINETUNING = {
 } | MESH
 
 
-# The `bert-jax finetune` flags that set fine-tuning fields, named in their errors.
-FINETUNING_FLAGS = {"train.max_length": "--max-length", "train.global_batch_size": "--batch-size",
-                    "train.epochs": "--epochs", "train.learning_rate": "--learning-rate",
-                    "train.patience": "--patience", "train.seed": "--seed"}
-
-
 def numeric_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
     """{'section.field': value} of every int / float leaf (bools excluded)."""
     out = {}
@@ -129,12 +125,38 @@ def _named(name: str, value, flags: dict[str, str]) -> str:
     return f"config.{name}={value!r}" + (f" ({flags[name]})" if name in flags else "")
 
 
+def validate_axis_rules(mesh: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming `config.mesh.logical_axis_rules` when a rule is not a pair (logical
+    axis, mesh axis | tuple of mesh axes | None), names a logical axis the model does not use (those
+    of the default rules) or a mesh axis that is not a size field of `mesh` (data, fsdp, tensor).
+    Flax would silently ignore the first and fail on the second only when the step is traced."""
+    from bert_jax.config.defaults import mesh_config
+
+    if "logical_axis_rules" not in mesh:
+        raise ValueError("config.mesh.logical_axis_rules is missing (the defaults: bert_jax.config.defaults.mesh_config)")
+    logical = [name for name, _ in mesh_config().logical_axis_rules]
+    mesh_axes = [name for name, value in mesh.items() if isinstance(value, int)]
+    for rule in mesh.logical_axis_rules:
+        where = f"config.mesh.logical_axis_rules: rule {rule!r}"
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise ValueError(f"{where} is not a pair (logical axis, mesh axis | tuple of mesh axes | None)")
+        name, axes = rule
+        if name not in logical:
+            raise ValueError(f"{where}: the model has no logical axis {name!r} ({', '.join(logical)})")
+        for axis in ([] if axes is None else [axes] if isinstance(axes, str) else axes):
+            if axis not in mesh_axes:
+                raise ValueError(f"{where}: no mesh axis {axis!r} ({', '.join(mesh_axes)})")
+
+
 def validate_pretraining(config: ml_collections.ConfigDict) -> None:
-    """`validate` with the pretraining ranges (bert_jax.config.defaults.bert_config)."""
+    """`validate` with the pretraining ranges (bert_jax.config.defaults.bert_config), then
+    `validate_axis_rules`."""
     validate(config, PRETRAINING)
+    validate_axis_rules(config.mesh)
 
 
 def validate_finetuning(config: ml_collections.ConfigDict) -> None:
     """`validate` with the fine-tuning ranges (bert_jax.config.defaults.finetune_config), naming the
-    `bert-jax finetune` flag of a field where it has one."""
-    validate(config, FINETUNING, FINETUNING_FLAGS)
+    `bert-jax finetune` flag of a field where it has one, then `validate_axis_rules`."""
+    validate(config, FINETUNING, flag_fields.flag_names(flag_fields.FINETUNE))
+    validate_axis_rules(config.mesh)

@@ -1,4 +1,5 @@
-"""Exports a model as a Hugging Face BERT directory that looks like a Hub model.
+"""Exports a model as a Hugging Face BERT directory that looks like a Hub model, to a local
+directory or a URL (`bert_jax.fs`: built locally, then uploaded).
 
 Writes `config.json`, `model.safetensors` (BertForPreTraining weights), the tokenizer
 (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`, plus our own files so
@@ -22,6 +23,7 @@ from bert_jax.inference import hf, pretrained
 from bert_jax.models import hf_weights
 
 POSITIONS = "bert.embeddings.position_embeddings.weight"
+MARKER = "config.json"  # present: a complete export (uploaded last to a URL)
 
 
 @dataclasses.dataclass
@@ -43,29 +45,30 @@ class TrainingRecord:
 
 
 def read_record(directory: str) -> TrainingRecord:
-    """The training record of a pretraining workdir (or an empty one for other directories)."""
+    """The training record of a pretraining workdir (or an empty one for other directories);
+    `directory` may be a URL."""
     from bert_jax import metrics_log
 
     def optional_json(name: str) -> dict:
         path = os.path.join(directory, name)
-        return hf.read_json(path) if os.path.exists(path) else {}
+        return hf.read_json(path) if fs.exists(path) else {}
 
-    is_workdir = os.path.exists(os.path.join(directory, "checkpoints"))
+    is_workdir = fs.exists(os.path.join(directory, "checkpoints"))
     metrics: dict = {}
     if is_workdir:
         for row in metrics_log.read_metrics(directory):
             metrics.update({k: v for k, v in row.items() if k.startswith("eval/")})
     return TrainingRecord(optional_json("config.json") if is_workdir else {}, optional_json("data_metadata.json"),
-                          metrics, os.path.exists(os.path.join(directory, hf.IMPORTED_MODEL)))
+                          metrics, fs.exists(os.path.join(directory, hf.IMPORTED_MODEL)))
 
 
-def export_hf(model: pretrained.Pretrained, output: str, card: str, positions: int | None = None) -> None:
-    """Writes `model` as a transformers BERT directory into `output` (which must not hold a model),
-    keeping the first `positions` rows of the position table (None: all of them)."""
+def export_hf(model: pretrained.Pretrained, output: str, card: str, positions: int | None = None,
+              done=lambda stage: None) -> None:
+    """Writes `model` as a transformers BERT directory into the local directory `output`, keeping
+    the first `positions` rows of the position table (None: all of them). `done(stage)` is called
+    as each stage finishes (weights converted, weights written, tokenizer and card written)."""
     from safetensors.numpy import save_file
 
-    if os.path.exists(os.path.join(output, "config.json")):
-        raise FileExistsError(f"--output {output} already holds a model; choose another directory")
     config = model.config
     if positions is not None:
         config = dataclasses.replace(config, max_position_embeddings=min(positions, config.max_position_embeddings))
@@ -74,15 +77,18 @@ def export_hf(model: pretrained.Pretrained, output: str, card: str, positions: i
     state[POSITIONS] = state[POSITIONS][:config.max_position_embeddings]
     for tied in hf_weights.TIED_HF_NAMES:  # transformers re-ties these on load
         state.pop(tied)
+    done("converted")
     os.makedirs(output, exist_ok=True)
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state.items()},
               os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
+    done("model.safetensors")
     tok = model.tokenizer
     with open(os.path.join(output, "config.json"), "w") as f:
         json.dump(hf_json, f, indent=2)
     write_tokenizer(tok, output, config.max_position_embeddings)
     with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
+    done("tokenizer and card")
 
 
 def write_tokenizer(tok: tokenizer_lib.Tokenizer, output: str, max_length: int) -> None:
@@ -147,13 +153,30 @@ def model_card(model: pretrained.Pretrained, record: TrainingRecord, positions: 
 
 
 def export_directory(directory: str, output: str, language: list[str], license: str,
-                     keep_positions: bool = False) -> pretrained.Pretrained:
-    """`bert-jax export-hf`: loads `directory` (parameters only) and exports it with its model card."""
+                     keep_positions: bool = False, progress: bool = False) -> pretrained.Pretrained:
+    """`bert-jax export-hf`: loads `directory` (parameters only; a local path or a URL) and exports
+    it with its model card to `output`, a local directory (written whole or not at all) or a URL
+    (built locally, then uploaded with config.json last). `output` must be new or an empty
+    directory: FileExistsError before anything is read. `progress` shows a bar of finished stages."""
+    from bert_jax.progress import progress_bar
+
     directory, output = fs.absolute(directory), fs.absolute(output)
-    model = pretrained.load(directory)
-    record = read_record(directory)
-    positions = None if keep_positions else record.trained_length
-    kept = model.config.max_position_embeddings if positions is None else positions
-    name = os.path.basename(os.path.normpath(output))
-    export_hf(model, output, model_card(model, record, kept, language, license, name), positions)
+    if fs.exists(os.path.join(output, MARKER)):
+        raise FileExistsError(f"--output {output} already holds a model; choose another directory")
+    stages = 5 if fs.is_url(output) else 4
+    with progress_bar(stages, "stage", progress, desc="export-hf") as bar:
+        def done(stage: str) -> None:
+            bar.set_postfix_str(stage, refresh=False)
+            bar.update()
+
+        with fs.staged_output(output, MARKER, "a model") as staging:
+            model = pretrained.load(directory)
+            done("loaded")
+            record = read_record(directory)
+            positions = None if keep_positions else record.trained_length
+            kept = model.config.max_position_embeddings if positions is None else positions
+            name = os.path.basename(os.path.normpath(output))
+            export_hf(model, staging, model_card(model, record, kept, language, license, name), positions, done)
+        if fs.is_url(output):
+            done("uploaded")
     return model

@@ -29,7 +29,8 @@ from bert_jax.data.finetune_data import Examples, batch_indices, encode, host_ba
 from bert_jax.inference import pretrained
 from bert_jax.models.bert import BertConfig, BertModel, Dense
 from bert_jax import metrics_log
-from bert_jax.training import cpu_tuning, sharding
+from bert_jax import backend
+from bert_jax.training import sharding
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.optim import make_optimizer
 from bert_jax.training.preemption import Preemption
@@ -127,9 +128,9 @@ def setup(model_config: BertConfig, num_labels: int, config: ml_collections.Conf
         return {"confusion": confusion, "loss_sum": jnp.sum(nll * weights)}
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    shardings = sharding.logical_shardings(abstract, mesh)
+    shardings = sharding.logical_shardings(abstract, mesh, sharding.axis_rules(config.mesh))
     data, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    options = cpu_tuning.compiler_options(mesh)
+    options = backend.compiler_options(mesh)
     return FinetuneRun(
         mesh, shardings, sharding.placed_abstract(abstract, shardings),
         init=jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings),
@@ -227,7 +228,7 @@ def finetune(init_dir: str, train_file, eval_file, workdir: str, text_column: st
     unreported = 0  # steps run since the bar last moved
     preemption, order = Preemption(), None
     try:
-        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.axis_rules(config.mesh)):
             while step < num_steps and not _patience_spent(history, train_cfg.patience):
                 epoch, position = divmod(step, steps_per_epoch)
                 if position == 0 or order is None:  # the example order is drawn once per epoch

@@ -138,7 +138,7 @@ def compare_with_saved(saved: dict, resolved: dict, step: int, allow: tuple[str,
     ("the checkpoint is L2/H128/..., the config asks for L4/H256/..."), when a field of the data
     position differs, or a schedule field differs and is not in `allow` (e.g. 'train.num_steps'),
     or when the checkpoint is already past train.num_steps."""
-    old, new = _flat(saved), _flat(resolved)
+    old, new = _flat(saved), _flat(json.loads(json.dumps(resolved)))  # as written: tuples become lists
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     layout = [k for k in changed if k in LAYOUT]
     if layout:

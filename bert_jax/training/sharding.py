@@ -1,5 +1,6 @@
-"""Device mesh ('data', 'fsdp', 'tensor') and the logical-axis rules that place parameters,
-optimizer state and activations on it."""
+"""Device mesh ('data', 'fsdp', 'tensor') and the placement of parameters, optimizer state and
+activations on it by logical axis rules, both from the config's `mesh` section
+(`bert_jax.config.defaults.mesh_config`)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-
-# Logical axis -> mesh axes. Flax takes the first rule whose mesh axes are still unused in a
-# spec, so activations ('batch', 'length', 'embed') shard only the batch, while parameters
-# shard 'embed' over fsdp (ZeRO-3 style) and heads / feed-forward / vocabulary over tensor.
-LOGICAL_RULES = (
-    ("batch", BATCH_AXES),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("embed_out", None),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("position", None),
-    ("segment", None),
-    ("layers", None),
-)
-
 
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """Resolves one -1 among the axis sizes to the remaining devices; validates the product."""
@@ -70,9 +53,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def logical_shardings(boxed_tree, mesh: Mesh):
-    """NamedShardings for a tree of (abstract) values boxed with logical axis names."""
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, LOGICAL_RULES)
+def axis_rules(mesh_config) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    """Flax logical axis rules from `config.mesh.logical_axis_rules`: ((logical axis, mesh axis,
+    a tuple of mesh axes or None), ...) in order; the lists of a config read from JSON become tuples.
+    For `nn.logical_axis_rules(...)` and `logical_shardings`."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                 for name, axes in mesh_config.logical_axis_rules)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules):
+    """NamedShardings for a tree of (abstract) values boxed with logical axis names, placed by
+    `rules` (`axis_rules(config.mesh)`)."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
 
 
 def placed_abstract(boxed_abstract, shardings):

@@ -23,7 +23,8 @@ from bert_jax.models import flops, hf_weights
 from bert_jax.models.bert import BertConfig, BertForPreTraining
 from bert_jax.staging import exclusive_lock
 from bert_jax import metrics_log
-from bert_jax.training import cpu_tuning, run_checks, sharding
+from bert_jax import backend
+from bert_jax.training import run_checks, sharding
 from bert_jax.training.checkpoint import Checkpointer
 from bert_jax.training.optim import make_optimizer
 from bert_jax.training.preemption import Preemption
@@ -94,11 +95,11 @@ def setup(config: ml_collections.ConfigDict, metadata: dict, mesh=None) -> Run:
         return init_state(bert, tx, rng, seq, slots)
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    state_shardings = sharding.logical_shardings(abstract, mesh)
+    state_shardings = sharding.logical_shardings(abstract, mesh, sharding.axis_rules(config.mesh))
     data = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     use_nsp = metadata["pair_task"] != "none"
-    options = cpu_tuning.compiler_options(mesh)
+    options = backend.compiler_options(mesh)
     train_step = jax.jit(
         make_train_step(model, tx, schedule, config.train.grad_accum_steps, use_nsp),
         in_shardings=(state_shardings, data, replicated), out_shardings=(state_shardings, replicated),
@@ -117,7 +118,7 @@ def evaluate(run: Run, params, config, data_dir: str) -> dict[str, float]:
     count = input_pipeline.eval_batch_count(run.metadata, per_host, jax.process_count(), config.train.eval_steps)
     totals = zero_metrics(SUM_KEYS)
     bar = progress.progress_bar(count, "batch", jax.process_index() == 0, desc="eval", leave=False)
-    with bar, jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with bar, jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.axis_rules(config.mesh)):
         for batch in input_pipeline.eval_batches(data_dir, run.metadata, per_host, count,
                                                  seed=config.train.seed, mask_prob=config.data.mask_prob,
                                                  process_index=jax.process_index(),
@@ -250,7 +251,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data_dir: str, workdi
         bar.write(f"pretraining {run.model.num_layers}-layer BERT (hidden {run.model.hidden_size}) from step "
                   f"{start} to {train.num_steps} on mesh {dict(run.mesh.shape)}; workdir {workdir}")
     try:
-        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.axis_rules(config.mesh)):
             for step in range(start + 1, train.num_steps + 1):
                 state, _ = run.train_step(state, sharding.global_batch(next(batches), run.mesh), rng)
                 checkpointer.check()
