@@ -3,7 +3,7 @@ reached the unigram level, eval MLM accuracy 0.12, in fewer steps than the origi
 there got to a context-level accuracy). Prepare its data with
 `--pair-task none --pack-sequences --max-seq-length 128`.
 
-Changes from the original BERT recipe (`--config tiny`), the first two screened in the README:
+Changes from the original BERT recipe (`--config tiny`), the first two screened together in the README:
 - pre-LayerNorm layers (`model.pre_layer_norm`): stable at a larger peak learning rate;
 - no dropout while pretraining: a short run does not overfit, dropout only slows it (Cramming);
 - a triangular schedule, linear warmup over the first half then linear decay to 0 (Cramming's one-cycle);
