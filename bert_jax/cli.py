@@ -75,6 +75,9 @@ def _add_prepare_parser(subparsers) -> None:
     setting = _field_default("bert_jax.data.pretraining_data", "DataSettings")  # one default: the dataclass's
     setting(p.add_argument("--max-seq-length", type=int, help="tokens per example"))
     setting(p.add_argument("--pair-task", choices=["nsp", "sop", "none"], help="sentence-pair task"))
+    setting(p.add_argument("--pack-sequences", action="store_true", default=None,
+                           help="with --pair-task none: fill each example with whole sentences across documents, "
+                                "a [SEP] after each (RoBERTa's FULL-SENTENCES; for short texts such as reviews)"))
     setting(p.add_argument("--short-seq-prob", type=float, help="share of examples with a shorter target length"))
     setting(p.add_argument("--masking", choices=["dynamic", "static"], help="mask in the input pipeline or store masks"))
     setting(p.add_argument("--dupe-factor", type=int, help="passes over the corpus"))
@@ -121,7 +124,7 @@ def _add_train_parsers(subparsers) -> None:
                               epilog="Any config field can be overridden: --config.train.num_steps=1000 or "
                                      "--config.train.num_steps 1000")
     p.add_argument("--config", required=True,
-                   help="a packaged config (tiny, mini, small, medium, base, large, demo) or a .py file "
+                   help="a packaged config (tiny, mini, small, medium, base, large, demo, tiny_budget) or a .py file "
                         "with get_config()")
     p.add_argument("--data", required=True, help="directory from prepare-data")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and curves go here; resumes if present")

@@ -32,6 +32,10 @@ def bert_config(num_layers: int, hidden_size: int, **model_overrides) -> ml_coll
         remat=False,  # rematerialise layer activations: less memory, ~30% more compute
         attention_impl="auto",  # auto (cuDNN on GPU when it applies, else XLA), xla or cudnn
         embedding_lookup="gather",  # word embeddings: gather rows, or one_hot matmul (often faster on TPU)
+        # LayerNorm before each sublayer plus one after the last layer (Cramming, MosaicBERT): stable at
+        # larger learning rates, so short runs learn faster. False = the original post-LN BERT, the only
+        # layout transformers' BertModel has: `export-hf` refuses a pre-LN model.
+        pre_layer_norm=False,
     ))
     config.model.update(model_overrides)
 

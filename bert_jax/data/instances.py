@@ -1,4 +1,5 @@
-"""Tokenized documents -> pretraining instances: NSP / SOP sentence pairs or single segments.
+"""Tokenized documents -> pretraining instances: NSP / SOP sentence pairs, single segments, or
+single segments packed across documents.
 
 The algorithm of google-research/bert's `create_instances_from_document`, with its known flaws
 fixed: a random next segment always comes from a *different* document, unused segments are put
@@ -158,6 +159,39 @@ def pair_label_warning(summary: dict, pair_task: str) -> str | None:
             f"sentence (short documents or long sentences): {fix}use --pair-task sop / none")
 
 
+def pack_documents(documents: list[list[int]], max_seq_length: int) -> list[list[tuple[int, int]]]:
+    """RoBERTa's FULL-SENTENCES packing for `--pair-task none --pack-sequences`: whole sentences
+    taken in order from `documents` (sentence boundaries, as `create_instances` takes them) fill
+    each example up to `max_seq_length` tokens, crossing document boundaries. An example is a list
+    of (start, end) ranges of the flat token array, each a run of consecutive sentences of one
+    document; `assemble_packed` closes every range with [SEP], so a [SEP] marks each document end
+    and the example's end. A document that does not fit continues at the start of the next example.
+    Nothing is truncated: sentences must be at most `max_seq_length - 2` tokens (prepare-data splits
+    longer ones)."""
+    budget = max_seq_length - 1  # tokens after [CLS], each range with its [SEP]
+    examples, ranges, used = [], [], 0
+    for bounds in documents:
+        start = bounds[0]
+        for sentence_start, sentence_end in zip(bounds[:-1], bounds[1:]):
+            if used + (sentence_end - start) + 1 > budget:  # this sentence opens the next example
+                if sentence_start > start:
+                    ranges.append((start, sentence_start))
+                if ranges:
+                    examples.append(ranges)
+                ranges, used, start = [], 0, sentence_start
+        ranges.append((start, bounds[-1]))
+        used += bounds[-1] - start + 1
+    if ranges:
+        examples.append(ranges)
+    return examples
+
+
+def _gather_pieces(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """source[starts[0]:starts[0]+lengths[0]] ++ source[starts[1]:...] ++ ..., in one gather."""
+    offsets = np.cumsum(lengths) - lengths
+    return source[np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))]
+
+
 def assemble(flat: np.ndarray, instances: np.ndarray, cls_id: int, sep_id: int) -> dict[str, tuple]:
     """`[CLS] A [SEP] (B [SEP])` for every (a_start, a_end, b_start, b_end, label) row, as flat
     columns (values, count per example): input_ids, segment_ids, next_sentence_label."""
@@ -169,11 +203,31 @@ def assemble(flat: np.ndarray, instances: np.ndarray, cls_id: int, sep_id: int) 
     ones = np.ones_like(len_a)
     starts = np.stack([cls_at * ones, a_start, sep_at * ones, b_start, sep_at * ones], axis=1)
     lengths = np.stack([ones, len_a, ones, len_b, has_b], axis=1)
-    flat_lengths = lengths.reshape(-1)
-    offsets = np.cumsum(flat_lengths) - flat_lengths
-    index = np.repeat(starts.reshape(-1) - offsets, flat_lengths) + np.arange(int(flat_lengths.sum()))
+    input_ids = _gather_pieces(source, starts.reshape(-1), lengths.reshape(-1))
     counts = lengths.sum(axis=1)
     position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     segments = (position >= np.repeat(len_a + 2, counts)).astype(np.int32)
-    return {"input_ids": (source[index].astype(np.int32), counts), "segment_ids": (segments, counts),
+    return {"input_ids": (input_ids.astype(np.int32), counts), "segment_ids": (segments, counts),
             "next_sentence_label": (labels.astype(np.int32), ones)}
+
+
+def assemble_packed(flat: np.ndarray, examples: list[list[tuple[int, int]]], cls_id: int, sep_id: int
+                    ) -> dict[str, tuple]:
+    """`[CLS] R1 [SEP] R2 [SEP] ...` for every example of `pack_documents`, as the columns of
+    `assemble`: one segment (segment ids 0) and next_sentence_label 0, as for `--pair-task none`."""
+    cls_at, sep_at = len(flat), len(flat) + 1
+    source = np.concatenate([flat, np.array([cls_id, sep_id], flat.dtype)])
+    starts, lengths, counts = [], [], []
+    for ranges in examples:
+        starts.append(cls_at)
+        lengths.append(1)
+        for start, end in ranges:
+            starts += [start, sep_at]
+            lengths += [end - start, 1]
+        counts.append(1 + sum(end - start + 1 for start, end in ranges))
+    input_ids = _gather_pieces(source, np.array(starts, np.int64), np.array(lengths, np.int64))
+    counts = np.array(counts, np.int64)
+    zeros = np.zeros(len(examples), np.int32)
+    return {"input_ids": (input_ids.astype(np.int32), counts),
+            "segment_ids": (np.zeros(len(input_ids), np.int32), counts),
+            "next_sentence_label": (zeros, np.ones_like(counts))}

@@ -36,6 +36,7 @@ class DataSettings:
 
     max_seq_length: int = 128
     pair_task: str = "nsp"  # nsp, sop or none
+    pack_sequences: bool = False  # with pair_task none: fill examples across documents (RoBERTa FULL-SENTENCES)
     short_seq_prob: float = 0.1
     masking: str = "dynamic"  # dynamic: the input pipeline masks; static: masks stored
     dupe_factor: int = 1  # passes over the corpus with different pairs (and masks when static)
@@ -54,6 +55,9 @@ class DataSettings:
             raise ValueError(f"--max-seq-length must be in [8, 8192], got {self.max_seq_length}")
         if self.pair_task not in instances.PAIR_TASKS:
             raise ValueError(f"--pair-task must be one of {instances.PAIR_TASKS}, got {self.pair_task!r}")
+        if self.pack_sequences and self.pair_task != "none":
+            raise ValueError(f"--pack-sequences needs --pair-task none (got {self.pair_task!r}): packed "
+                             "examples cross documents, so they have no sentence pairs")
         if self.masking not in MASKING_MODES:
             raise ValueError(f"--masking must be one of {MASKING_MODES}, got {self.masking!r}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
@@ -133,16 +137,21 @@ def process_chunk(job: tuple[str, int, list[list[str]], DataSettings]) -> tuple[
     flat, docs = _tokenize_documents(documents, tok, max(1, max_tokens // 2), stats)
     if len(docs) == 1 and settings.pair_task == "nsp":
         stats["documents_in_chunks_without_partner"] += 1
-    made = [inst for _ in range(settings.dupe_factor) for d in range(len(docs))
-            for inst in instances.create_instances(docs, d, settings.max_seq_length, settings.short_seq_prob,
-                                                   settings.pair_task, rng, stats)]
+    if settings.pack_sequences:
+        made = [example for _ in range(settings.dupe_factor)
+                for example in instances.pack_documents(rng.sample(docs, len(docs)), settings.max_seq_length)]
+    else:
+        made = [inst for _ in range(settings.dupe_factor) for d in range(len(docs))
+                for inst in instances.create_instances(docs, d, settings.max_seq_length, settings.short_seq_prob,
+                                                       settings.pair_task, rng, stats)]
     rng.shuffle(made)
     stats["examples"] = len(made)
-    stats["pair_label_1"] = sum(inst[4] for inst in made)
+    stats["pair_label_1"] = 0 if settings.pack_sequences else sum(inst[4] for inst in made)
     stats["pair_label_0"] = len(made) - stats["pair_label_1"]
     if not made:
         return [], stats
-    columns = instances.assemble(flat, np.array(made, np.int64), tok.cls_id, tok.sep_id)
+    columns = (instances.assemble_packed(flat, made, tok.cls_id, tok.sep_id) if settings.pack_sequences
+               else instances.assemble(flat, np.array(made, np.int64), tok.cls_id, tok.sep_id))
     ids, counts = columns["input_ids"]
     stats["example_tokens"] = len(ids)
     if settings.masking == "static":
@@ -333,6 +342,7 @@ def _metadata(tok, settings, files, stats, split_documents, shard_files, seconds
         "mask_prob": settings.mask_prob,
         "masking": settings.masking,
         "pair_task": settings.pair_task,
+        "pack_sequences": settings.pack_sequences,
         "vocab_size": tok.vocab_size,
         "special_ids": tok.special_ids_by_name,
         "tokenizer": {"fingerprint": tok.fingerprint, "model_type": tok.model_type,

@@ -31,7 +31,12 @@ CONFIG_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_la
 
 
 def hf_config(config: BertConfig, pad_token_id: int) -> dict:
-    """`config.json` of transformers' BertConfig for our model config."""
+    """`config.json` of transformers' BertConfig for our model config; ValueError naming the field
+    for a pre-LayerNorm model, which transformers' post-LN-only BertModel cannot represent."""
+    if config.pre_layer_norm:
+        raise ValueError("model.pre_layer_norm=True: transformers' BERT is post-LayerNorm only, so a pre-LN "
+                         "model has no exact Hugging Face BERT export; pretrain with model.pre_layer_norm=False "
+                         "to export")
     return {
         "architectures": ["BertForPreTraining"], "model_type": "bert", "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,

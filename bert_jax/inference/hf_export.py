@@ -72,6 +72,7 @@ def export_hf(model: pretrained.Pretrained, output: str, card: str, positions: i
     config = model.config
     if positions is not None:
         config = dataclasses.replace(config, max_position_embeddings=min(positions, config.max_position_embeddings))
+    hf_json = hf.hf_config(config, model.tokenizer.pad_id)  # raises for what transformers cannot represent
     state = hf_weights.params_to_hf(model.params, model.config)
     state[POSITIONS] = state[POSITIONS][:config.max_position_embeddings]
     for tied in hf_weights.TIED_HF_NAMES:  # transformers re-ties these on load
@@ -83,7 +84,7 @@ def export_hf(model: pretrained.Pretrained, output: str, card: str, positions: i
     done("model.safetensors")
     tok = model.tokenizer
     with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump(hf.hf_config(config, tok.pad_id), f, indent=2)
+        json.dump(hf_json, f, indent=2)
     write_tokenizer(tok, output, config.max_position_embeddings)
     with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)

@@ -1,4 +1,4 @@
-"""BERT in Flax linen: embeddings, attention, post-LN encoder, pooler, MLM and NSP heads.
+"""BERT in Flax linen: embeddings, attention, post-LN (or pre-LN) encoder, pooler, MLM and NSP heads.
 
 Parameters carry logical axis names ('vocab', 'embed', 'heads', 'kv', 'mlp', 'layers') that
 `bert_jax.training.sharding` maps onto a device mesh. Activations are constrained at block boundaries
@@ -40,6 +40,7 @@ class BertConfig:
     remat: bool = False  # recompute layer activations in the backward pass
     attention_impl: str = "auto"  # auto, xla or cudnn (see backend.attention_implementation)
     embedding_lookup: str = "gather"  # word embeddings: 'gather' rows, or 'one_hot' matmul (TPU)
+    pre_layer_norm: bool = False  # LayerNorm before attention / feed-forward, one after the last layer
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -287,7 +288,10 @@ class Embeddings(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)), as in the original BERT."""
+    """A transformer layer. Post-LN (the original BERT): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+    Pre-LN (`config.pre_layer_norm`; Xiong et al. 2020, Cramming, MosaicBERT): x = x + Attn(LN(x));
+    x = x + FFN(LN(x)), the residual stream never normalised inside the stack, which trains stably
+    at larger learning rates; `Encoder` then normalises the last layer's output once."""
 
     config: BertConfig
     scanned: bool = False  # return (x, y), the carry signature that nn.scan expects
@@ -295,6 +299,21 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
+        c = self.config
+        attention_norm, output_norm = _layer_norm(c, "attention_norm"), _layer_norm(c, "output_norm")
+        attn_out = self._attention(attention_norm(x) if c.pre_layer_norm else x, mask, deterministic)
+        x = _constrain(x + attn_out if c.pre_layer_norm else attention_norm(x + attn_out))
+        h = _dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(output_norm(x) if c.pre_layer_norm else x)
+        h = nn.with_logical_constraint(nn.gelu(h, approximate=False), ("batch", "length", "mlp"))
+        h = _dense(c, c.hidden_size, ("mlp", "embed"), "output")(h)
+        h = nn.Dropout(c.hidden_dropout)(h, deterministic=deterministic)
+        x = _constrain(x + h if c.pre_layer_norm else output_norm(x + h))
+        if self.scanned:  # the carry signature nn.scan expects; the output stacks every layer's x
+            return x, (x if self.collect else None)
+        return x
+
+    def _attention(self, x, mask, deterministic: bool):
+        """Self-attention of x [B, S, H] with its output projection and dropout -> [B, S, H]."""
         c = self.config
         head_dim = c.hidden_size // c.num_heads
         qkv_shape = (c.num_heads, head_dim)
@@ -307,16 +326,7 @@ class EncoderLayer(nn.Module):
                             dropout_rng=self.make_rng("dropout") if use_dropout else None,
                             implementation=implementation)
         attn_out = _dense(c, c.hidden_size, ("heads", "kv", "embed"), "attention_output", in_dims=2)(context)
-        attn_out = nn.Dropout(c.hidden_dropout)(attn_out, deterministic=deterministic)
-        x = _constrain(_layer_norm(c, "attention_norm")(x + attn_out))
-        h = _dense(c, c.intermediate_size, ("embed", "mlp"), "intermediate")(x)
-        h = nn.with_logical_constraint(nn.gelu(h, approximate=False), ("batch", "length", "mlp"))
-        h = _dense(c, c.hidden_size, ("mlp", "embed"), "output")(h)
-        h = nn.Dropout(c.hidden_dropout)(h, deterministic=deterministic)
-        x = _constrain(_layer_norm(c, "output_norm")(x + h))
-        if self.scanned:  # the carry signature nn.scan expects; the output stacks every layer's x
-            return x, (x if self.collect else None)
-        return x
+        return nn.Dropout(c.hidden_dropout)(attn_out, deterministic=deterministic)
 
 
 class Encoder(nn.Module):
@@ -326,8 +336,9 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, output_hidden_states: bool = False):
-        """x [B, S, H] -> the last layer's output [B, S, H], or with `output_hidden_states` a pair
-        (last output, tuple of the `num_layers` layer outputs, each [B, S, H])."""
+        """x [B, S, H] -> the last layer's output [B, S, H] (layer-normalised when pre-LN), or with
+        `output_hidden_states` a pair (that output, tuple of the `num_layers` layer outputs, each
+        [B, S, H], as the layers return them)."""
         c = self.config
         layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if c.remat else EncoderLayer
         if c.scan_layers:
@@ -335,11 +346,14 @@ class Encoder(nn.Module):
                               in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
                               metadata_params={nn.PARTITION_NAME: "layers"})
             x, stacked = scanned(c, scanned=True, collect=output_hidden_states, name="layers")(x, mask, deterministic)
-            return (x, tuple(stacked)) if output_hidden_states else x
-        outputs = []
-        for i in range(c.num_layers):
-            x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic)
-            outputs.append(x)
+            outputs = tuple(stacked) if output_hidden_states else ()
+        else:
+            outputs = []
+            for i in range(c.num_layers):
+                x = layer_cls(c, name=f"layer_{i}")(x, mask, deterministic)
+                outputs.append(x)
+        if c.pre_layer_norm:
+            x = _constrain(_layer_norm(c, "final_norm")(x))
         return (x, tuple(outputs)) if output_hidden_states else x
 
 
