@@ -6,7 +6,9 @@ The sub-packages, in the order data flows through them:
 - `bert_jax.data`: raw text -> tokenizer -> pretraining examples in TFRecord shards -> tf.data
   batches (imports no JAX);
 - `bert_jax.models`: the Flax modules and the Hugging Face weight mapping;
-- `bert_jax.training`: the train loop, steps, optimizer, mesh sharding, checkpoints and logs;
+- `bert_jax.training`: the one train loop, the task-independent step, optimizer, mesh sharding,
+  checkpoints, evaluation without an optimizer;
+- `bert_jax.tasks`: what is trained with it: `pretraining` (MLM + NSP/SOP) and `classification`;
 - `bert_jax.inference`: params-only loading, fill-mask, Hugging Face export/import, the notebook model;
 - `bert_jax.config`: experiment configs (defaults, presets, overrides, validation);
 - `bert_jax.backend`: everything that differs per platform (CPU, GPU, TPU), in one module.
