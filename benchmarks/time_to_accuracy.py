@@ -7,8 +7,8 @@
 Both modes pretrain BERT-Tiny (L2/H128; `--layers`, `--hidden` for others) on the unlabelled
 in-domain reviews (../shared/data/nsmc_unlabelled_reviews.txt, `--corpus` for other text) with a
 SentencePiece unigram tokenizer of `--vocab` pieces trained on that text, `--pair-task none`.
-Every batch comes from our input pipeline (`bert_jax.input_pipeline`, dynamic whole-word masking)
-and is fed to both models: ours (the jitted `bert_jax.train_step`) and transformers'
+Every batch comes from our input pipeline (`bert_jax.data.input_pipeline`, dynamic whole-word masking)
+and is fed to both models: ours (the jitted `bert_jax.training.train_step`) and transformers'
 BertForMaskedLM in a plain PyTorch loop (labels -100 except at our masked positions,
 torch.optim.AdamW with our learning rate at every step, no decay on LayerNorm and biases,
 gradient clipping 1.0). The two alternate in blocks of `--block` steps, so both see the same
