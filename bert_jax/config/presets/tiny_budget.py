@@ -18,7 +18,6 @@ from bert_jax.config.defaults import bert_config
 def get_config():
     config = bert_config(num_layers=2, hidden_size=128, max_position_embeddings=128, pre_layer_norm=True,
                          hidden_dropout=0.0, attention_dropout=0.0)
-    config.data.update(max_seq_length=128, max_predictions_per_seq=20)
     config.train.update(global_batch_size=64, num_steps=3_000, eval_every=500, checkpoint_every=1_000)
     config.optim.update(learning_rate=2e-3, warmup_steps=1_500, schedule="linear")
     return config
