@@ -84,19 +84,15 @@ class MetricsLogger:
         self.print_fn(format_line(step, metrics))
 
 
-def hparams(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+def hparams(config: dict) -> dict[str, bool | int | float | str]:
     """A nested config as flat HParams values: `{"optim": {"learning_rate": 1e-3}}` ->
-    `{"optim.learning_rate": 1e-3}`. The plugin takes bool, int, float and str values only, so
-    lists and None become their JSON text (jax.tree_util would split lists into leaves and drop
-    None, hence our own walk)."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= hparams(value, name + ".")
-        else:
-            flat[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-    return flat
+    `{"optim.learning_rate": 1e-3}` (`flax.traverse_util.flatten_dict`, which keeps lists and None
+    as leaves, unlike jax.tree_util). The plugin takes bool, int, float and str values only, so
+    lists and None become their JSON text."""
+    from flax import traverse_util
+
+    return {name: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+            for name, value in traverse_util.flatten_dict(config, sep=".").items()}
 
 
 def _fresh_event_writer(directory: str):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 
+from flax import traverse_util
+
 from bert_jax import fs
 from bert_jax.data import tokenizer as tokenizer_lib
 from bert_jax.data.spec import DataSpec
@@ -105,16 +107,6 @@ def check_tokenizer_matches(workdir: str, data_dir: str, spec: DataSpec) -> None
                          f"prepare it with --tokenizer {workdir}/tokenizer")
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def architecture(model: dict) -> str:
     """'L2/H128/A2/FF512/V100' of a model config dict."""
     return (f"L{model['num_layers']}/H{model['hidden_size']}/A{model['num_heads']}/"
@@ -138,7 +130,8 @@ def compare_with_saved(saved: dict, resolved: dict, step: int, allow: tuple[str,
     ("the checkpoint is L2/H128/..., the config asks for L4/H256/..."), when a field of the data
     position differs, or a schedule field differs and is not in `allow` (e.g. 'train.num_steps'),
     or when the checkpoint is already past train.num_steps."""
-    old, new = _flat(saved), _flat(json.loads(json.dumps(resolved)))  # as written: tuples become lists
+    resolved = json.loads(json.dumps(resolved))  # as config.json holds it: tuples become lists
+    old, new = (traverse_util.flatten_dict(values, sep=".") for values in (saved, resolved))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     layout = [k for k in changed if k in LAYOUT]
     if layout:
