@@ -100,12 +100,12 @@ def pretrain(args, work: str, tok: str, variant: str, steps: int) -> tuple[str, 
     config = load_config(args.config)
     if not os.path.exists(os.path.join(data, "metadata.json")):  # a rerun with the same --work reuses it
         prepare_data([os.path.join(SHARED, f) for f in CORPORA[variant]], tok, data, DataSettings(
-            max_seq_length=args.seq, pair_task="none", pack_sequences=True, mask_prob=config.data.mask_prob,
-            max_predictions_per_seq=max(1, round(args.seq * config.data.mask_prob))), workers=os.cpu_count() or 1,
+            max_seq_length=args.seq, pair_task="none", pack_sequences=True, mask_prob=config.data.mask_prob),
+            workers=os.cpu_count() or 1,
             progress=False)
     warmup = round(config.optim.warmup_steps / config.train.num_steps * steps)
     config.model.max_position_embeddings = max(config.model.max_position_embeddings, args.seq)
-    config.data.update(max_seq_length=args.seq, max_predictions_per_seq=max(1, round(args.seq * config.data.mask_prob)))
+    config.data.update(max_seq_length=args.seq, max_predictions_per_seq=0)  # follow the data
     config.train.update(num_steps=steps, eval_every=max(1, steps // 4), eval_steps=20, log_every=100,
                         checkpoint_every=steps)
     config.optim.warmup_steps = warmup

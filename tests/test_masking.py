@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bert_jax.data.masking import MaskingConfig, mask_batch
+from bert_jax.data.masking import MaskingConfig, default_slots, mask_batch, max_predictions
 
 VOCAB = 1000
 CONFIG = MaskingConfig(mask_prob=0.15, max_predictions_per_seq=20, vocab_size=VOCAB, mask_id=4,
@@ -104,3 +104,16 @@ def test_config_validation():
         MaskingConfig(0.0, 20, 100, 4, (0, 1, 2, 3, 4))
     with pytest.raises(ValueError, match="max_predictions_per_seq"):
         MaskingConfig(0.15, 0, 100, 4, (0, 1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("length, mask_prob, slots", [(128, 0.15, 20), (512, 0.15, 77), (64, 0.15, 10),
+                                                      (128, 0.4, 52), (64, 0.4, 26), (100, 0.2, 20)])
+def test_the_default_slots_hold_the_most_a_full_example_predicts(length, mask_prob, slots):
+    assert default_slots(length, mask_prob) == slots  # 20 at 128 x 0.15 as google-research/bert
+    # a full single-segment example ([CLS] tokens [SEP]) with every token its own word fills the budget
+    ids = np.random.default_rng(0).integers(5, VOCAB, (8, length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 2, 3
+    config = MaskingConfig(mask_prob, length, VOCAB, 4, (0, 1, 2, 3, 4))
+    predicted = mask_batch(ids, np.ones_like(ids), np.ones_like(ids, bool), np.random.default_rng(1),
+                           config)["masked_lm_weights"].sum(1)
+    assert np.all(predicted == max_predictions(length, mask_prob)) and max_predictions(length, mask_prob) <= slots

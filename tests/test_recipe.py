@@ -183,10 +183,55 @@ def test_packed_data_keeps_every_token_and_fills_the_sequences(tmp_path, korean_
     assert fills[True] > 0.9 and fills[True] > fills[False] + 0.2, (fills, kept)
 
 
-def test_the_budget_preset_warms_up_over_half_the_steps_then_decays_linearly_to_zero():
-    optim, steps = load_config("tiny_budget").optim, load_config("tiny_budget").train.num_steps
+def test_the_budget_preset_warms_up_over_a_tenth_of_the_steps_then_decays_linearly_to_zero():
+    config = load_config("tiny_budget")
+    optim, steps = config.optim, config.train.num_steps
     schedule = learning_rate_schedule(optim, steps)
-    peak, half = optim.learning_rate, steps // 2
-    assert optim.warmup_steps == half
-    np.testing.assert_allclose([float(schedule(s)) for s in (0, half // 2, half, half + half // 2, steps)],
+    peak, warmup = optim.learning_rate, steps // 10
+    assert optim.warmup_steps == warmup and config.data.mask_prob == 0.4
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, warmup // 2, warmup, (warmup + steps) // 2, steps)],
                                [0.0, peak / 2, peak, peak / 2, 0.0], rtol=1e-6, atol=1e-9)
+
+
+def _time_to_accuracy_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "time_to_accuracy.py")
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mlm_batch(rows, masked):
+    """A batch of our layout: `rows` of ids (0 = padding) with `masked` {(row, position): true id}."""
+    ids = np.array(rows, np.int32)
+    batch = {"input_ids": ids.copy(), "input_mask": (ids != 0).astype(np.int32),
+             "masked_lm_positions": np.zeros((len(rows), 3), np.int32),
+             "masked_lm_ids": np.zeros((len(rows), 3), np.int32),
+             "masked_lm_weights": np.zeros((len(rows), 3), np.float32)}
+    slot = {}
+    for (row, position), truth in masked.items():
+        k = slot[row] = slot.get(row, -1) + 1
+        batch["input_ids"][row, position] = 4
+        batch["masked_lm_positions"][row, k], batch["masked_lm_ids"][row, k] = position, truth
+        batch["masked_lm_weights"][row, k] = 1.0
+    return batch
+
+
+def test_the_count_baselines_that_place_the_context_target_predict_from_the_visible_neighbours():
+    specials = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    # the training text: "10 11 12" twice, "13 13 13 13" once; a masked training position counts as its text
+    train = [_mlm_batch([[2, 10, 11, 12, 3, 0], [2, 10, 11, 12, 3, 0]], {(1, 2): 11}),
+             _mlm_batch([[2, 13, 13, 13, 13, 3]], {})]
+    evaluation = [_mlm_batch([[2, 10, 11, 12, 3, 0],    # both neighbours seen around 11
+                              [2, 10, 11, 12, 3, 0],    # 10 after [CLS] (left alone), 11 before 12 (right alone)
+                              [2, 13, 13, 13, 3, 0],    # 13 between 13 and 13
+                              [2, 10, 11, 12, 3, 0]],   # both neighbours masked: the most frequent piece
+                             {(0, 2): 11, (1, 1): 10, (1, 2): 11, (2, 2): 13, (3, 1): 10, (3, 2): 11, (3, 3): 12})]
+    scores = _time_to_accuracy_module().context_baselines(train, evaluation, 20, specials)
+    # 13 is the most frequent non-special piece ([CLS] and [SEP] are as frequent and never targets)
+    assert scores["context-free"] == pytest.approx(1 / 7)
+    # right: row 0, row 1 (both), row 2; row 3: position 1 has [CLS] on the left -> 10 (right),
+    # position 2 has masks on both sides -> 13 (wrong), position 3 has [SEP] on the right -> 12 (right)
+    assert scores["neighbour counts"] == pytest.approx(6 / 7)

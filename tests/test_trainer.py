@@ -185,3 +185,9 @@ def test_config_fields_that_repeat_the_data_follow_it_and_old_configs_still_resu
     with pytest.raises(ValueError, match=r"config.data.max_predictions_per_seq=7 but the data was prepared with "
                                          r"max_predictions_per_seq=5 \(metadata.json\); use 0 to follow the data"):
         pretraining.resolve_model_config(config, spec)
+    # a masking rate the data's slots cannot hold would be capped silently: refused, naming the fix
+    config.data.update(max_predictions_per_seq=0, mask_prob=0.2)
+    with pytest.raises(ValueError, match=r"^config.data.mask_prob=0.2 masks up to 6 tokens of a 32-token example but "
+                                         r"the data holds 5 masked slots \(metadata.json\); prepare it with "
+                                         r"--mask-prob 0.2$"):
+        pretraining.resolve_model_config(config, spec)

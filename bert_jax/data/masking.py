@@ -32,6 +32,19 @@ class MaskingConfig:
             raise ValueError(f"mask_id {self.mask_id} must be one of the special ids {self.special_ids}")
 
 
+def max_predictions(length: int, mask_prob: float) -> int:
+    """The most tokens `mask_batch` predicts in one example of `length` positions: the budget
+    `round(n * mask_prob)` of a sequence whose n = length - 2 real tokens leave out only [CLS] and
+    one [SEP]. Data whose masked slots hold fewer would cap the masking rate."""
+    return max(1, int(np.floor((length - 2) * mask_prob + 0.5)))
+
+
+def default_slots(length: int, mask_prob: float) -> int:
+    """`prepare-data`'s default masked slots per example, `ceil(length * mask_prob)`: 20 at BERT's
+    128 x 0.15 (google-research/bert's `max_predictions_per_seq`); never below `max_predictions`."""
+    return int(np.ceil(length * mask_prob - 1e-9))  # 1e-9: 100 * 0.2 is 20.000000000000004
+
+
 @functools.lru_cache(maxsize=8)
 def _ordinary_ids(vocab_size: int, special_ids: tuple[int, ...]) -> np.ndarray:
     """The vocabulary without its special ids: where random replacements come from."""

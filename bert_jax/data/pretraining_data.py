@@ -41,7 +41,7 @@ class DataSettings:
     masking: str = "dynamic"  # dynamic: the input pipeline masks; static: masks stored
     dupe_factor: int = 1  # passes over the corpus with different pairs (and masks when static)
     mask_prob: float = 0.15
-    max_predictions_per_seq: int = 20
+    max_predictions_per_seq: int = 0  # masked slots per example; 0 = masking.default_slots(length, mask_prob)
     eval_fraction: float = 0.02
     num_shards: int = 0  # train shards; 0 = one per 32 MB of input text (at least 1)
     seed: int = 12345
@@ -49,6 +49,11 @@ class DataSettings:
     chunk_chars: int = 100_000  # many documents or this many characters, whichever comes first
     max_sentence_chars: int = 2000
     text_field: str = "text"
+
+    def __post_init__(self):
+        if self.max_predictions_per_seq == 0 and 0.0 < self.mask_prob < 1.0:
+            object.__setattr__(self, "max_predictions_per_seq",
+                               masking.default_slots(self.max_seq_length, self.mask_prob))
 
     def validate(self) -> None:
         if not 8 <= self.max_seq_length <= 8192:
@@ -67,11 +72,11 @@ class DataSettings:
         if self.dupe_factor < 1 or self.docs_per_chunk < 2 or self.num_shards < 0 or self.chunk_chars < 1:
             raise ValueError("--dupe-factor must be >= 1, --docs-per-chunk >= 2, --chunk-chars >= 1, "
                              "--num-shards >= 0")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
         if not 0 < self.max_predictions_per_seq <= self.max_seq_length:
             raise ValueError(f"--max-predictions-per-seq must be in [1, --max-seq-length], "
                              f"got {self.max_predictions_per_seq}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
 
 
 # ---- worker side ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import ml_collections
 
 from bert_jax import backend, fs, metrics_log
 from bert_jax.config.validation import validate_pretraining
-from bert_jax.data import input_pipeline, tokenizer as tokenizer_lib
+from bert_jax.data import input_pipeline, masking, tokenizer as tokenizer_lib
 from bert_jax.data.spec import DataSpec
 from bert_jax.inference import hf, pretrained
 from bert_jax.models import flops, hf_weights
@@ -102,6 +102,11 @@ def resolve_model_config(config: ml_collections.ConfigDict, spec: DataSpec) -> B
         if config.data[field] not in (0, getattr(spec, field)):
             raise ValueError(f"config.data.{field}={config.data[field]} but the data was prepared with "
                              f"{field}={getattr(spec, field)} (metadata.json); use 0 to follow the data")
+    needed = masking.max_predictions(spec.max_seq_length, config.data.mask_prob)
+    if spec.masking == "dynamic" and needed > spec.max_predictions_per_seq:
+        raise ValueError(f"config.data.mask_prob={config.data.mask_prob} masks up to {needed} tokens of a "
+                         f"{spec.max_seq_length}-token example but the data holds {spec.max_predictions_per_seq} "
+                         f"masked slots (metadata.json); prepare it with --mask-prob {config.data.mask_prob}")
     model.check_sequence_length(spec.max_seq_length)
     return model
 
