@@ -140,6 +140,9 @@ def fine_tune(args, init_dir: str, work: str, variant: str, train: str, validati
 
 def main() -> None:
     args = parse_args()
+    from bert_jax import backend
+
+    backend.reexec_with_tuned_malloc()  # as `bert-jax pretrain` / `finetune` on a CPU host
     for name in ("kowiki_docs_5MB.txt", "nsmc_unlabelled_reviews.txt", "nsmc_like_small_train.tsv",
                  "nsmc_like_small_test.tsv"):
         if not os.path.exists(os.path.join(SHARED, name)):

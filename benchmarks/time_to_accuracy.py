@@ -13,7 +13,10 @@ BertForMaskedLM in a plain PyTorch loop (labels -100 except at our masked positi
 torch.optim.AdamW with our learning rate at every step, no decay on LayerNorm and biases,
 gradient clipping 1.0). The two alternate in blocks of `--block` steps, so both see the same
 machine; seconds count training steps only (batches are fetched and evaluation runs outside them).
-Shared machines drift: the load average is printed with every figure.
+Shared machines drift: the load average is printed with every figure. On CPU the process
+re-executes itself with the glibc malloc settings of `bert-jax pretrain`
+(`bert_jax.backend.reexec_with_tuned_malloc`; `--default-malloc` keeps glibc's defaults); both
+models run under the same settings.
 
 fidelity: the original BERT recipe (post-LN, dropout 0.1) on both sides, starting from the same
 initial weights (ours exported through `bert_jax.models.hf_weights`), AdamW `--lr`, `--warmup` steps,
@@ -67,10 +70,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hf-lr", type=float, default=1e-3, help="target: transformers' peak learning rate")
     parser.add_argument("--config", default="tiny_budget", help="target: our packaged recipe")
     parser.add_argument("--target", type=float, default=0.12, help="target: eval MLM accuracy to reach")
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=50, help="target: steps between evaluations")
     parser.add_argument("--eval-batches", type=int, default=20)
     parser.add_argument("--plot", default="time_to_accuracy.png")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc settings (bert-jax training commands tune them)")
     args = parser.parse_args()
     args.steps = args.steps or (1000 if args.mode == "fidelity" else 3000)
     return args
@@ -495,6 +500,10 @@ def report_target(args, curves: dict, reached: dict, seconds: dict) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.device == "cpu" and not args.default_malloc:
+        from bert_jax import backend
+
+        backend.reexec_with_tuned_malloc()
     os.environ.setdefault("JAX_PLATFORMS", JAX_PLATFORMS[args.device])
     if not os.path.exists(args.corpus):
         raise SystemExit(f"--corpus {args.corpus}: not found (../shared/data, or pass your own text)")

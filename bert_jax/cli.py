@@ -117,7 +117,7 @@ def jax_process_index() -> int:
 def _evaluate(args) -> None:
     from bert_jax.tasks.pretraining import evaluate_workdir
 
-    print(json.dumps(evaluate_workdir(args.workdir, args.data, args.eval_steps), indent=1))
+    print(json.dumps(evaluate_workdir(args.workdir, args.data, args.eval_steps, args.mask_prob), indent=1))
 
 
 def _add_train_parsers(subparsers) -> None:
@@ -137,6 +137,9 @@ def _add_train_parsers(subparsers) -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--eval-steps", type=int, default=0, help="eval batches (0 = the whole eval split)")
+    p.add_argument("--mask-prob", type=float, default=None,
+                   help="mask this share of the eval tokens (default: the run's data.mask_prob); compares runs "
+                        "trained at different rates on the same masks")
     p.set_defaults(run=_evaluate)
 
 

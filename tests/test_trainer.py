@@ -125,6 +125,13 @@ def test_evaluate_loads_the_parameters_only_and_gives_the_training_setups_metric
     elsewhere = pretraining.evaluate_workdir(str(moved), data_dir)
     for key in reference:
         assert elsewhere[key] == pytest.approx(reference[key], rel=1e-5), key
+    # --mask-prob: the run's own rate gives the same figures, another rate other masks, one the
+    # data's 5 slots cannot hold is refused
+    assert pretraining.evaluate_workdir(workdir, data_dir, mask_prob=config.data.mask_prob) == result | {"step": 2}
+    assert pretraining.evaluate_workdir(workdir, data_dir, mask_prob=0.08)["eval/mlm_loss"] != pytest.approx(
+        reference["eval/mlm_loss"], rel=1e-3)
+    with pytest.raises(ValueError, match=r"^config.data.mask_prob=0.4 masks up to 12 tokens"):
+        pretraining.evaluate_workdir(workdir, data_dir, mask_prob=0.4)
 
 
 @pytest.mark.parametrize("edit, message", [

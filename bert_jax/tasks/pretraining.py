@@ -233,15 +233,22 @@ def _eval_mesh(config) -> jax.sharding.Mesh:
         return sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
 
 
-def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0) -> dict[str, float]:
+def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0,
+                     mask_prob: float | None = None) -> dict[str, float]:
     """`bert-jax evaluate`: the latest checkpoint of `workdir` on the eval split of `data_dir`
-    (`eval_steps` batches, 0 = all). Loads the parameters only (no optimizer state, optimizer or
-    train step) onto the training mesh if this machine has it, else onto all its devices."""
+    (`eval_steps` batches, 0 = all), masked at the run's `data.mask_prob` or at `mask_prob` (to
+    compare runs trained at different rates on the same masks). Loads the parameters only (no
+    optimizer state, optimizer or train step) onto the training mesh if this machine has it, else
+    onto all its devices."""
     from bert_jax.config.loading import config_from_workdir
 
+    if mask_prob is not None and not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"--mask-prob must be in (0, 1), got {mask_prob}")
     workdir, data_dir = fs.absolute(workdir), fs.absolute(data_dir)
     config = config_from_workdir(workdir)
     config.train.eval_steps = eval_steps
+    if mask_prob is not None:
+        config.data.mask_prob = mask_prob
     spec = DataSpec.read(data_dir)
     if not spec.has_eval:
         raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
