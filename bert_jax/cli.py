@@ -138,8 +138,9 @@ def _add_train_parsers(subparsers) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--eval-steps", type=int, default=0, help="eval batches (0 = the whole eval split)")
     p.add_argument("--mask-prob", type=float, default=None,
-                   help="mask this share of the eval tokens (default: the run's data.mask_prob); compares runs "
-                        "trained at different rates on the same masks")
+                   help="mask this share of the eval tokens (default: the run's data.mask_prob; dynamic-masking "
+                        "data only): scores runs trained at different rates alike (the same masks for runs with "
+                        "the same train.seed and eval batch size)")
     p.set_defaults(run=_evaluate)
 
 

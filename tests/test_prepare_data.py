@@ -196,6 +196,12 @@ def test_bad_arguments_and_inputs(tmp_path, korean_corpus, tokenizer_dir, nsp_da
         prepare_data([str(korean_corpus)], str(tmp_path), str(tmp_path / "c"), DataSettings())
     with pytest.raises(ValueError, match="--max-predictions-per-seq"):
         DataSettings(max_seq_length=16, max_predictions_per_seq=20).validate()
+    # stored masks that cannot hold the rate would cap it: refused (dynamic data is checked by pretrain)
+    with pytest.raises(ValueError, match=r"^--max-predictions-per-seq 5 holds fewer than the up to 25 tokens that "
+                                         r"--mask-prob 0.4 masks at --max-seq-length 64"):
+        DataSettings(max_seq_length=64, masking="static", mask_prob=0.4, max_predictions_per_seq=5).validate()
+    DataSettings(max_seq_length=64, masking="dynamic", mask_prob=0.4, max_predictions_per_seq=5).validate()
+    assert DataSettings(max_seq_length=64, masking="static", mask_prob=0.4).max_predictions_per_seq == 26
     with pytest.raises(ValueError, match="--pair-task"):
         DataSettings(pair_task="xyz").validate()
     assert main(["prepare-data", "--input", str(empty), "--tokenizer", tokenizer_dir,

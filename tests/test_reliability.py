@@ -130,7 +130,8 @@ def test_every_numeric_field_of_the_defaults_has_a_range():
     ("train.max_to_keep", "0", "must be >= 1"),
     ("train.num_steps", "0", "must be >= 1"),
     ("train.seed", "-1", "must be >= 0 and <= 4294967295"),
-    ("data.mask_prob", "1.5", "must be > 0.0 and <= 1.0"),
+    ("data.mask_prob", "1.5", "must be > 0.0 and < 1.0"),
+    ("data.mask_prob", "1.0", "must be > 0.0 and < 1.0"),
     ("model.hidden_dropout", "1.0", "must be >= 0.0 and < 1.0"),
     ("optim.learning_rate", "-0.001", "must be > 0.0"),
     ("mesh.fsdp", "0", "must be >= 1 (or -1)"),
@@ -338,11 +339,12 @@ def test_evaluate_and_fill_mask_refuse_another_tokenizer(tmp_path, capsys, finis
      "the checkpoint is L1/H32/A2/FF64/V100 (model.hidden_size=32), the config asks for L1/H64/A2/FF64/V100 "
      "(model.hidden_size=64); use the saved config or a new --workdir"),
     (["--config.train.global_batch_size=32"],
-     "resuming at step 8 with changed config.train.global_batch_size (16 -> 32) would skip or repeat examples; "
-     "keep the saved values or use a new --workdir"),
+     "resuming at step 8 with changed config.train.global_batch_size (16 -> 32) would change the data stream "
+     "(skipped, repeated or differently masked examples); keep the saved values or use a new --workdir"),
     (["--config.train.seed=1", "--config.data.shuffle_buffer=32"],
      "resuming at step 8 with changed config.data.shuffle_buffer (64 -> 32), config.train.seed (0 -> 1) would "
-     "skip or repeat examples; keep the saved values or use a new --workdir"),
+     "change the data stream (skipped, repeated or differently masked examples); keep the saved values or use a "
+     "new --workdir"),
     (["--config.train.num_steps=12"],
      "resuming at step 8 with changed config.train.num_steps (8 -> 12) rebuilds the learning-rate schedule; "
      "pass --allow-change train.num_steps to do so deliberately"),

@@ -63,7 +63,7 @@ PRETRAINING = {
     "model.type_vocab_size": COUNT, "model.hidden_dropout": PROBABILITY, "model.attention_dropout": PROBABILITY,
     "model.layer_norm_eps": POSITIVE, "model.initializer_range": POSITIVE,
     "data.max_seq_length": Range(3, also=(0,)), "data.max_predictions_per_seq": COUNT_OR_ZERO,
-    "data.mask_prob": Range(0.0, 1.0, low_open=True, integer=False), "data.shuffle_buffer": COUNT_OR_ZERO,
+    "data.mask_prob": Range(0.0, 1.0, low_open=True, high_open=True, integer=False), "data.shuffle_buffer": COUNT_OR_ZERO,
     "data.eval_batch_size": COUNT_OR_ZERO,
     "train.global_batch_size": COUNT, "train.num_steps": COUNT, "train.grad_accum_steps": COUNT,
     "train.seed": SEED, "train.log_every": COUNT, "train.eval_every": COUNT_OR_ZERO,

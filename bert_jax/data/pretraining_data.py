@@ -75,8 +75,13 @@ class DataSettings:
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
         if not 0 < self.max_predictions_per_seq <= self.max_seq_length:
-            raise ValueError(f"--max-predictions-per-seq must be in [1, --max-seq-length], "
-                             f"got {self.max_predictions_per_seq}")
+            raise ValueError(f"--max-predictions-per-seq must be in [1, --max-seq-length] (0 = the default, "
+                             f"ceil(length x --mask-prob)), got {self.max_predictions_per_seq}")
+        needed = masking.max_predictions(self.max_seq_length, self.mask_prob)
+        if self.masking == "static" and self.max_predictions_per_seq < needed:
+            raise ValueError(f"--max-predictions-per-seq {self.max_predictions_per_seq} holds fewer than the up to "
+                             f"{needed} tokens that --mask-prob {self.mask_prob} masks at --max-seq-length "
+                             f"{self.max_seq_length}: the stored masks would cap the rate (leave it at 0)")
 
 
 # ---- worker side ---------------------------------------------------------------------------

@@ -102,13 +102,25 @@ def resolve_model_config(config: ml_collections.ConfigDict, spec: DataSpec) -> B
         if config.data[field] not in (0, getattr(spec, field)):
             raise ValueError(f"config.data.{field}={config.data[field]} but the data was prepared with "
                              f"{field}={getattr(spec, field)} (metadata.json); use 0 to follow the data")
-    needed = masking.max_predictions(spec.max_seq_length, config.data.mask_prob)
-    if spec.masking == "dynamic" and needed > spec.max_predictions_per_seq:
-        raise ValueError(f"config.data.mask_prob={config.data.mask_prob} masks up to {needed} tokens of a "
-                         f"{spec.max_seq_length}-token example but the data holds {spec.max_predictions_per_seq} "
-                         f"masked slots (metadata.json); prepare it with --mask-prob {config.data.mask_prob}")
+    check_mask_prob(config.data.mask_prob, spec, "config.data.mask_prob")
     model.check_sequence_length(spec.max_seq_length)
     return model
+
+
+def check_mask_prob(mask_prob: float, spec: DataSpec, name: str) -> None:
+    """ValueError naming `name` when the data cannot be masked at `mask_prob`: static data holds
+    masks made at its own rate; dynamic data needs `masking.max_predictions` slots per example."""
+    if spec.masking == "static":
+        if mask_prob != spec.mask_prob:
+            raise ValueError(f"{name}={mask_prob} but the data holds masks made at mask_prob={spec.mask_prob} "
+                             f"(static masking, metadata.json); use {spec.mask_prob} or prepare it with "
+                             f"--masking dynamic")
+        return
+    needed = masking.max_predictions(spec.max_seq_length, mask_prob)
+    if needed > spec.max_predictions_per_seq:
+        raise ValueError(f"{name}={mask_prob} masks up to {needed} tokens of a {spec.max_seq_length}-token example "
+                         f"but the data holds {spec.max_predictions_per_seq} masked slots (metadata.json); prepare "
+                         f"it with --mask-prob {mask_prob}")
 
 
 def setup(config: ml_collections.ConfigDict, spec: DataSpec, mesh=None) -> trainer.Run:
@@ -247,9 +259,10 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0,
     workdir, data_dir = fs.absolute(workdir), fs.absolute(data_dir)
     config = config_from_workdir(workdir)
     config.train.eval_steps = eval_steps
-    if mask_prob is not None:
-        config.data.mask_prob = mask_prob
     spec = DataSpec.read(data_dir)
+    if mask_prob is not None:
+        check_mask_prob(mask_prob, spec, "--mask-prob")
+        config.data.mask_prob = mask_prob
     if not spec.has_eval:
         raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
     run_checks.check_prepared_data(data_dir, spec)

@@ -27,7 +27,7 @@ LAYOUT = ("model.vocab_size", "model.hidden_size", "model.num_layers", "model.nu
           "model.intermediate_size", "model.max_position_embeddings", "model.type_vocab_size",
           "model.scan_layers", "model.param_dtype", "optim.name")
 # Fields that decide which examples come next or how they are masked: a resumed run with other
-# values would skip or repeat examples. Never changed on resume.
+# values would skip, repeat or mask differently. Never changed on resume.
 DATA_POSITION = ("train.global_batch_size", "train.seed", "data.shuffle_buffer", "data.mask_prob",
                  "data.max_seq_length", "data.max_predictions_per_seq")
 # Fields that define the optimizer's schedule: changed on resume only when named in `allow`.
@@ -140,8 +140,9 @@ def compare_with_saved(saved: dict, resolved: dict, step: int, allow: tuple[str,
                          f"config or a new --workdir")
     position = [k for k in changed if k in DATA_POSITION]
     if position:
-        raise ValueError(f"resuming at step {step} with changed {_changes(position, old, new)} would skip or "
-                         f"repeat examples; keep the saved values or use a new --workdir")
+        raise ValueError(f"resuming at step {step} with changed {_changes(position, old, new)} would change the "
+                         f"data stream (skipped, repeated or differently masked examples); keep the saved values or "
+                         f"use a new --workdir")
     schedule = [k for k in changed if k in SCHEDULE and k not in allow]
     if schedule:
         flags = " ".join(f"--allow-change {k}" for k in schedule)

@@ -1,8 +1,8 @@
-"""BERT-Tiny (L2/H128/A2) with the small-budget recipe (README, Time to accuracy: on 2 CPU cores,
-sequence 64 x batch 64 on Korean reviews, it left the first plateau within 3,000 steps where the
-original recipe did not). Prepare its data with
-`--pair-task none --pack-sequences --max-seq-length 128 --mask-prob 0.4` (the masked slots follow
-the masking rate).
+"""BERT-Tiny (L2/H128/A2) with the small-budget recipe. README, Time to accuracy: on 2 CPU cores,
+sequence 64 x batch 64 on Korean reviews, it reached eval MLM accuracy 0.12 in 400 steps (84 s)
+where transformers' BertForMaskedLM with run_mlm's recipe took 1,250 steps (501 s). Prepare its
+data with `--pair-task none --pack-sequences --max-seq-length 128 --mask-prob 0.4` (the masked
+slots follow the masking rate; the README's figures were measured at `--max-seq-length 64`).
 
 Changes from the original BERT recipe (`--config tiny`), each screened in the README:
 - pre-LayerNorm layers (`model.pre_layer_norm`): stable at a large peak learning rate;
