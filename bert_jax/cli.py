@@ -82,8 +82,9 @@ def _add_prepare_parser(subparsers) -> None:
     setting(p.add_argument("--masking", choices=["dynamic", "static"], help="mask in the input pipeline or store masks"))
     setting(p.add_argument("--dupe-factor", type=int, help="passes over the corpus"))
     setting(p.add_argument("--mask-prob", type=float, help="share of real tokens to predict"))
-    setting(p.add_argument("--max-predictions-per-seq", type=int, help="masked positions per example (0 = ceil(length x mask-prob): 20 at 128 x 0.15; pretraining "
-                                     "with a larger config.data.mask_prob needs more)"))
+    setting(p.add_argument("--max-predictions-per-seq", type=int,
+                           help="masked positions per example (0 = ceil(length x mask-prob): 20 at 128 x 0.15; "
+                                "pretraining with a larger config.data.mask_prob needs more)"))
     setting(p.add_argument("--eval-fraction", type=float, help="share of documents for eval"))
     setting(p.add_argument("--num-shards", type=int, help="train shards (0 = by input size)"))
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
