@@ -32,11 +32,18 @@ class MaskingConfig:
             raise ValueError(f"mask_id {self.mask_id} must be one of the special ids {self.special_ids}")
 
 
+def prediction_budget(real_tokens, mask_prob: float) -> np.ndarray:
+    """Tokens to predict in sequences of `real_tokens` (int or int array) real non-special tokens,
+    before the cap at the masked slots: `max(1, round(n * mask_prob))`, halves rounded up
+    (google-research/bert). int32, the shape of `real_tokens`."""
+    return np.maximum(1, np.floor(np.asarray(real_tokens) * mask_prob + 0.5)).astype(np.int32)
+
+
 def max_predictions(length: int, mask_prob: float) -> int:
-    """The most tokens `mask_batch` predicts in one example of `length` positions: the budget
-    `round(n * mask_prob)` of a sequence whose n = length - 2 real tokens leave out only [CLS] and
-    one [SEP]. Data whose masked slots hold fewer would cap the masking rate."""
-    return max(1, int(np.floor((length - 2) * mask_prob + 0.5)))
+    """The most tokens `mask_batch` predicts in one example of `length` positions: the budget of a
+    sequence whose n = length - 2 real tokens leave out only [CLS] and one [SEP]. Data whose masked
+    slots hold fewer would cap the masking rate."""
+    return int(prediction_budget(length - 2, mask_prob))
 
 
 def default_slots(length: int, mask_prob: float) -> int:
@@ -75,8 +82,7 @@ def mask_batch(input_ids: np.ndarray, input_mask: np.ndarray, word_starts: np.nd
     np.add.at(word_lengths, (np.broadcast_to(rows, ids.shape)[candidate], word_of[candidate]), 1)
 
     num_candidates = candidate.sum(axis=1)
-    budget = np.minimum(config.max_predictions_per_seq,
-                        np.maximum(1, np.floor(num_candidates * config.mask_prob + 0.5))).astype(np.int32)
+    budget = np.minimum(config.max_predictions_per_seq, prediction_budget(num_candidates, config.mask_prob))
     budget = np.where(num_candidates > 0, budget, 0)
 
     order = np.argsort(np.where(np.arange(length)[None, :] < num_words[:, None],

@@ -260,14 +260,14 @@ def evaluate_workdir(workdir: str, data_dir: str, eval_steps: int = 0,
     config = config_from_workdir(workdir)
     config.train.eval_steps = eval_steps
     spec = DataSpec.read(data_dir)
-    if mask_prob is not None:
-        check_mask_prob(mask_prob, spec, "--mask-prob")
-        config.data.mask_prob = mask_prob
     if not spec.has_eval:
         raise ValueError(f"--data {data_dir}: the eval split is empty (prepare it with --eval-fraction > 0)")
     run_checks.check_prepared_data(data_dir, spec)
     run_checks.check_tokenizer_matches(workdir, data_dir, spec)
-    task = PretrainingTask(resolve_model_config(config, spec), spec)
+    task = PretrainingTask(resolve_model_config(config, spec), spec)  # checks the run's own rate
+    if mask_prob is not None:
+        check_mask_prob(mask_prob, spec, "--mask-prob")
+        config.data.mask_prob = mask_prob
     mesh = _eval_mesh(config)
     sharding.check_batch(config.data.eval_batch_size or config.train.global_batch_size, mesh)
     shardings = sharding.logical_shardings(evaluation.abstract_params(task), mesh, sharding.axis_rules(config.mesh))
