@@ -4,26 +4,32 @@ TF-IDF + logistic-regression baseline, all on the same split.
 
     pip install -e ".[bench]"     # scikit-learn for the baseline
     python benchmarks/finetune_nsmc.py [--pretrain-steps 1000] [--config tiny_budget] [--seq 128]
-        [--ft-lr 1e-3] [--epochs 3] [--max-length 64] [--variants random wiki reviews both tfidf]
-    # the README's 30-minute run: --pretrain-steps 6000 --seq 64 --epochs 3 --ft-lr 5e-4 --max-length 64
+        [--ft-lr 2e-4 5e-4 1e-3] [--epochs 3] [--max-length 64] [--variants random wiki reviews both tfidf]
+    # the README's 30-minute run: --pretrain-steps 6000 --seq 64 --epochs 3 --max-length 64 --work DIR
 
 Data (../shared/data): kowiki_docs_5MB.txt (Wikipedia, 4.9 MB), nsmc_unlabelled_reviews.txt
 (208,506 unlabelled reviews, ratings 5-8, disjoint from every labelled set) and
 nsmc_like_small_{train,test}.tsv (20,000 / 5,000 labelled reviews). The 20,000 are split into
-18,000 for training and every tenth row, 2,000, for validation; the epoch (and the baseline's C)
-is chosen on validation, and the 5,000 test reviews are scored once with that choice.
+18,000 for training (the first `--train-examples` of them are used) and every tenth row, 2,000,
+for validation; the epoch (and the baseline's C) is chosen on validation, and the 5,000 test
+reviews are scored once with that choice.
 
 Every model shares one SentencePiece unigram tokenizer (`--vocab` pieces) trained on both corpora.
 Each pretrained variant runs `--pretrain-steps` steps of the packaged `--config` (default
 tiny_budget: BERT-Tiny, pre-LN, no dropout, 40% masking, short warmup) on its corpus prepared with
 `--pair-task none --pack-sequences` at `--seq` tokens; its wall time and the load average are
-printed as its budget. Fine-tuning (the same for every variant): `--epochs` epochs of batch 32 at
-`--ft-lr` (10% warmup, linear decay), dropout 0.1, texts cut at `--max-length` tokens.
+printed as its budget. Fine-tuning, tuned per variant as a researcher would: every `--ft-lr` x
+`--max-length` pair runs `--epochs` epochs of batch 32 (10% warmup, linear decay, dropout 0.1); the
+pair and epoch with the best validation accuracy are chosen, and only that model is scored on test.
+A rerun with the same `--work` reuses finished pretraining (with its recorded budget) and finished
+fine-tuning runs, so adding a variant or a learning rate costs only the new runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import tempfile
 import time
@@ -44,9 +50,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--seq", type=int, default=128, help="pretraining sequence length")
     parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--ft-lr", type=float, default=1e-3)
+    parser.add_argument("--ft-lr", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3],
+                        help="fine-tuning peak learning rates tried per variant (chosen on validation)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--max-length", type=int, nargs="+", default=[64],
+                        help="fine-tuning lengths in tokens tried per variant (chosen on validation)")
+    parser.add_argument("--train-examples", type=int, default=18_000,
+                        help="labelled reviews to fine-tune on (the first N of the 18,000; fewer shows label efficiency)")
     parser.add_argument("--work", default=None, help="working directory (default: a new temporary one)")
     return parser.parse_args()
 
@@ -55,17 +65,22 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def split_labelled(work: str) -> tuple[str, str, str]:
-    """train (18,000), validation (every tenth row, 2,000) and test files with the header kept."""
+def split_labelled(work: str, train_examples: int) -> tuple[str, str, str]:
+    """train (the first `train_examples` of 18,000), validation (every tenth row, 2,000) and test
+    files with the header kept; the validation and test reviews do not depend on `train_examples`."""
     with open(os.path.join(SHARED, "nsmc_like_small_train.tsv"), encoding="utf-8", newline="") as f:
         header, *rows = f.read().split("\n")
     rows = [row for row in rows if row]
+    train = [row for i, row in enumerate(rows) if i % 10 != 9]
+    if not 0 < train_examples <= len(train):
+        raise SystemExit(f"--train-examples {train_examples}: must be in 1..{len(train)}")
     paths = {}
-    for name, keep in (("train", lambda i: i % 10 != 9), ("validation", lambda i: i % 10 == 9)):
+    for name, kept in ((f"train{train_examples}", train[:train_examples]),
+                       ("validation", [row for i, row in enumerate(rows) if i % 10 == 9])):
         paths[name] = os.path.join(work, f"{name}.tsv")
         with open(paths[name], "w", encoding="utf-8", newline="") as f:
-            f.write("\n".join([header] + [row for i, row in enumerate(rows) if keep(i)]) + "\n")
-    return paths["train"], paths["validation"], os.path.join(SHARED, "nsmc_like_small_test.tsv")
+            f.write("\n".join([header] + kept) + "\n")
+    return paths[f"train{train_examples}"], paths["validation"], os.path.join(SHARED, "nsmc_like_small_test.tsv")
 
 
 def read_table(path: str) -> tuple[list[str], list[int]]:
@@ -91,12 +106,27 @@ def tfidf_baseline(train: str, validation: str, test: str) -> dict:
             "choice": f"C={best}", "budget": f"{time.time() - start:.0f} s fit (4 values of C)"}
 
 
-def pretrain(args, work: str, tok: str, variant: str, steps: int) -> tuple[str, str]:
-    """Prepares the variant's corpus, pretrains `steps` steps; returns (workdir, budget line)."""
+def pretrain(args, work: str, tok: str, variant: str, steps: int, name: str = "") -> tuple[str, str]:
+    """Prepares the variant's corpus, pretrains `steps` steps into `work`/pretrained_`name or variant`;
+    returns (workdir, budget line). A finished run of the same settings is reused with the budget it
+    recorded."""
     from bert_jax.config.loading import load_config
     from bert_jax.data.pretraining_data import DataSettings, prepare_data
     from bert_jax.tasks.pretraining import train_and_evaluate
 
+    out = os.path.join(work, f"pretrained_{name or variant}")
+    settings = {"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab}
+    record = os.path.join(out, "budget.json")
+    if os.path.exists(record):
+        with open(record, encoding="utf-8") as f:
+            saved = json.load(f)
+        if {k: saved.get(k) for k in settings} != settings:
+            raise SystemExit(f"{out}: pretrained with {({k: saved.get(k) for k in settings})}, not {settings}; "
+                             f"use another --work")
+        print(f"{variant}: reusing {out}: {saved['budget']}", flush=True)
+        return out, saved["budget"]
+    if os.path.exists(out):  # resuming would time only the rest of the run
+        raise SystemExit(f"{out}: an unfinished pretraining run (no budget.json); remove it or use another --work")
     data = os.path.join(work, f"data_{variant}")
     config = load_config(args.config)
     if not os.path.exists(os.path.join(data, "metadata.json")):  # a rerun with the same --work reuses it
@@ -111,32 +141,55 @@ def pretrain(args, work: str, tok: str, variant: str, steps: int) -> tuple[str, 
                         checkpoint_every=steps)
     config.optim.warmup_steps = warmup
     start_load, start = load(), time.time()
-    metrics = train_and_evaluate(config, data, os.path.join(work, f"pretrained_{variant}"))
+    metrics = train_and_evaluate(config, data, out)
     budget = (f"{steps} steps of {config.train.global_batch_size} x {args.seq} in "
               f"{(time.time() - start) / 60:.1f} min on {os.cpu_count()} CPU cores (load {start_load} -> {load()}); "
               f"eval MLM accuracy {metrics.get('eval/mlm_acc', float('nan')):.3f}")
+    with open(record, "w", encoding="utf-8") as f:
+        json.dump(settings | {"budget": budget}, f)
     print(f"{variant}: {budget}", flush=True)
-    return os.path.join(work, f"pretrained_{variant}"), budget
+    return out, budget
+
+
+def fine_tune_once(args, init_dir: str, out: str, variant: str, lr: float, length: int, train: str,
+                   validation: str) -> dict:
+    """One fine-tuning run (from scratch for 'random'); returns its best epoch on validation.
+    A finished run in `out` (its result.json) is reused."""
+    from bert_jax.config.defaults import finetune_config
+    from bert_jax.tasks.classification import finetune
+
+    record = os.path.join(out, "result.json")
+    if os.path.exists(record):
+        with open(record, encoding="utf-8") as f:
+            return json.load(f)
+    settings = finetune_config()
+    settings.train.update(max_length=length, epochs=args.epochs, learning_rate=lr, patience=args.epochs,
+                          from_scratch=variant == "random", log_every=500)
+    start = time.time()
+    best = finetune(init_dir, train, validation, out, "document", "label", config=settings)["best"]
+    result = {"validation": best["eval_accuracy"], "epoch": best["epoch"], "lr": lr, "max_length": length,
+              "minutes": (time.time() - start) / 60}
+    print(f"{variant}: lr {lr:g}, max length {length}: fine-tuned in {result['minutes']:.1f} min (load {load()}); "
+          f"validation {result['validation']:.4f} at epoch {result['epoch']}", flush=True)
+    with open(record, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    return result
 
 
 def fine_tune(args, init_dir: str, work: str, variant: str, train: str, validation: str, test: str) -> dict:
-    """Fine-tunes (from scratch for 'random'), picks the epoch on validation, scores the test set."""
-    from bert_jax.config.defaults import finetune_config
-    from bert_jax.tasks.classification import Classifier, finetune
+    """Every `--ft-lr` x `--max-length` run; the best on validation is scored once on test."""
+    from bert_jax.tasks.classification import Classifier
 
-    settings = finetune_config()
-    settings.train.update(max_length=args.max_length, epochs=args.epochs, learning_rate=args.ft_lr,
-                          patience=args.epochs, from_scratch=variant == "random", log_every=500)
-    out = os.path.join(work, f"finetuned_{variant}")
-    start = time.time()
-    result = finetune(init_dir, train, validation, out, "document", "label", config=settings)
+    runs = {}
+    for lr, length in itertools.product(args.ft_lr, args.max_length):
+        out = os.path.join(work, f"finetuned_{variant}_n{args.train_examples}_lr{lr:g}_len{length}")
+        runs[out] = fine_tune_once(args, init_dir, out, variant, lr, length, train, validation)
+    out, best = max(runs.items(), key=lambda item: item[1]["validation"])  # first of equals: the grid order
     texts, labels = read_table(test)
     predicted, _ = Classifier(out).predict(texts)
     accuracy = sum(int(p == y) for p, y in zip(predicted, labels)) / len(labels)
-    print(f"{variant}: fine-tuned in {(time.time() - start) / 60:.1f} min (load {load()}); validation "
-          f"{result['best']['eval_accuracy']:.4f} at epoch {result['best']['epoch']}, test {accuracy:.4f}", flush=True)
-    best = result["best"]
-    return {"validation": best["eval_accuracy"], "test": accuracy, "choice": f"epoch {best['epoch']}"}
+    return {"validation": best["validation"], "test": accuracy, "grid": list(runs.values()),
+            "choice": f"lr {best['lr']:g}, length {best['max_length']}, epoch {best['epoch']}"}
 
 
 def main() -> None:
@@ -150,7 +203,7 @@ def main() -> None:
             raise SystemExit(f"{os.path.join(SHARED, name)}: not found (../shared/data)")
     work = args.work or tempfile.mkdtemp(prefix="bench-nsmc-")
     os.makedirs(work, exist_ok=True)
-    train, validation, test = split_labelled(work)
+    train, validation, test = split_labelled(work, args.train_examples)
     results, budgets = {}, {}
     if "tfidf" in args.variants:
         results["tfidf"] = tfidf_baseline(train, validation, test)
@@ -166,14 +219,23 @@ def main() -> None:
         pretrained = {v: pretrain(args, work, tok, v, args.pretrain_steps) for v in models if v != "random"}
         for variant in models:
             if variant == "random":  # the architecture of a pretrained variant (2 steps of one when none runs)
-                init = next(iter(pretrained.values()), None) or pretrain(args, work, tok, "reviews", 2)
+                init = next(iter(pretrained.values()), None) or pretrain(args, work, tok, "reviews", 2, "architecture")
                 budgets["random"] = "none"
                 results["random"] = fine_tune(args, init[0], work, "random", train, validation, test)
             else:
                 budgets[variant] = pretrained[variant][1]
                 results[variant] = fine_tune(args, pretrained[variant][0], work, variant, train, validation, test)
-    print(f"\nfine-tuning: {args.epochs} epochs, batch 32, lr {args.ft_lr}, max length {args.max_length}; "
-          f"epoch / C chosen on 2,000 validation reviews; test on 5,000; work dir {work}")
+    grid = [(lr, n) for lr, n in itertools.product(args.ft_lr, args.max_length)]
+    if any(v != "tfidf" for v in args.variants):
+        print("\nvalidation accuracy of every fine-tuning run (best epoch of each):")
+        print("| initialisation | " + " | ".join(f"lr {lr:g}, length {n}" for lr, n in grid) + " |")
+        print("|---|" + "---:|" * len(grid))
+        for variant in (v for v in args.variants if v != "tfidf"):
+            cells = [f"{r['validation']:.4f} (epoch {r['epoch']})" for r in results[variant]["grid"]]
+            print(f"| {NAMES[variant]} | " + " | ".join(cells) + " |")
+    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epochs, batch 32, lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, "
+          f"max length {' / '.join(map(str, args.max_length))}; learning rate, length and epoch (C for TF-IDF) "
+          f"chosen on 2,000 validation reviews; test on 5,000 once; work dir {work}")
     print("| initialisation | pretraining budget | chosen | validation accuracy | NSMC-style test accuracy |")
     print("|---|---|---|---:|---:|")
     for variant in args.variants:
