@@ -56,7 +56,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, nargs="+", default=[64],
                         help="fine-tuning lengths in tokens tried per variant (chosen on validation)")
     parser.add_argument("--train-examples", type=int, default=18_000,
-                        help="labelled reviews to fine-tune on (the first N of the 18,000; fewer shows label efficiency)")
+                        help="labelled reviews to fine-tune on (the first N of the 18,000; "
+                             "fewer shows label efficiency)")
     parser.add_argument("--work", default=None, help="working directory (default: a new temporary one)")
     return parser.parse_args()
 
@@ -182,7 +183,7 @@ def fine_tune(args, init_dir: str, work: str, variant: str, train: str, validati
 
     runs = {}
     for lr, length in itertools.product(args.ft_lr, args.max_length):
-        out = os.path.join(work, f"finetuned_{variant}_n{args.train_examples}_lr{lr:g}_len{length}")
+        out = os.path.join(work, f"finetuned_{variant}_n{args.train_examples}_ep{args.epochs}_lr{lr:g}_len{length}")
         runs[out] = fine_tune_once(args, init_dir, out, variant, lr, length, train, validation)
     out, best = max(runs.items(), key=lambda item: item[1]["validation"])  # first of equals: the grid order
     texts, labels = read_table(test)
@@ -233,8 +234,8 @@ def main() -> None:
         for variant in (v for v in args.variants if v != "tfidf"):
             cells = [f"{r['validation']:.4f} (epoch {r['epoch']})" for r in results[variant]["grid"]]
             print(f"| {NAMES[variant]} | " + " | ".join(cells) + " |")
-    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epochs, batch 32, lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, "
-          f"max length {' / '.join(map(str, args.max_length))}; learning rate, length and epoch (C for TF-IDF) "
+    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epochs, batch 32, "
+          f"lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, max length {' / '.join(map(str, args.max_length))}; learning rate, length and epoch (C for TF-IDF) "
           f"chosen on 2,000 validation reviews; test on 5,000 once; work dir {work}")
     print("| initialisation | pretraining budget | chosen | validation accuracy | NSMC-style test accuracy |")
     print("|---|---|---|---:|---:|")
