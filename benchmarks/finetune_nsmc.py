@@ -235,8 +235,9 @@ def main() -> None:
             cells = [f"{r['validation']:.4f} (epoch {r['epoch']})" for r in results[variant]["grid"]]
             print(f"| {NAMES[variant]} | " + " | ".join(cells) + " |")
     print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epochs, batch 32, "
-          f"lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, max length {' / '.join(map(str, args.max_length))}; learning rate, length and epoch (C for TF-IDF) "
-          f"chosen on 2,000 validation reviews; test on 5,000 once; work dir {work}")
+          f"lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, max length {' / '.join(map(str, args.max_length))}; "
+          f"learning rate, length and epoch (C for TF-IDF) chosen on 2,000 validation reviews; "
+          f"test on 5,000 once; work dir {work}")
     print("| initialisation | pretraining budget | chosen | validation accuracy | NSMC-style test accuracy |")
     print("|---|---|---|---:|---:|")
     for variant in args.variants:
