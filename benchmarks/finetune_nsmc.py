@@ -22,7 +22,9 @@ printed as its budget. Fine-tuning, tuned per variant as a researcher would: eve
 `--max-length` pair runs `--epochs` epochs of batch 32 (10% warmup, linear decay, dropout 0.1); the
 pair and epoch with the best validation accuracy are chosen, and only that model is scored on test.
 A rerun with the same `--work` reuses finished pretraining (with its recorded budget) and finished
-fine-tuning runs, so adding a variant or a learning rate costs only the new runs.
+fine-tuning runs, so adding a variant or a learning rate costs only the new runs; settings that
+differ from the recorded ones are refused before any work. `--variants random` without a
+pretrained variant takes the architecture from 2 steps on the reviews (`pretrained_architecture`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,11 @@ def parse_args() -> argparse.Namespace:
                         help="labelled reviews to fine-tune on (the first N of the 18,000; "
                              "fewer shows label efficiency)")
     parser.add_argument("--work", default=None, help="working directory (default: a new temporary one)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    # one run per distinct value, as it is named on disk (lr 1e-3 and 0.001 are one run)
+    args.ft_lr = list({f"{lr:g}": lr for lr in args.ft_lr}.values())
+    args.max_length = list(dict.fromkeys(args.max_length))
+    return args
 
 
 def load() -> str:
@@ -103,33 +109,47 @@ def tfidf_baseline(train: str, validation: str, test: str) -> dict:
     fits = {c: LogisticRegression(C=c, max_iter=2000).fit(features, y_train) for c in (0.3, 1.0, 3.0, 10.0)}
     scores = {c: model.score(vectorizer.transform(x_val), y_val) for c, model in fits.items()}
     best = max(scores, key=scores.get)
+    print("tfidf: validation accuracy " + ", ".join(f"C={c}: {v:.4f}" for c, v in scores.items()), flush=True)
     return {"validation": scores[best], "test": fits[best].score(vectorizer.transform(x_test), y_test),
             "choice": f"C={best}", "budget": f"{time.time() - start:.0f} s fit (4 values of C)"}
+
+
+def recorded_budget(args, work: str, name: str, steps: int) -> str | None:
+    """The budget line of a finished pretraining run in `work`/pretrained_`name` with these settings;
+    None when there is no run. Exits with a one-line error naming the flags for a run of other
+    settings or an unfinished run (resuming it would time only the rest)."""
+    out = os.path.join(work, f"pretrained_{name}")
+    settings = {"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab}
+    flags = {"config": "--config", "steps": "--pretrain-steps", "seq": "--seq", "vocab": "--vocab"}
+    record = os.path.join(out, "budget.json")
+    if os.path.exists(record):
+        with open(record, encoding="utf-8") as f:
+            saved = json.load(f)
+        differ = [f"{flags[k]} {saved.get(k)} (not {v})" for k, v in settings.items() if saved.get(k) != v]
+        if differ:
+            raise SystemExit(f"{out}: pretrained with {', '.join(differ)}; use another --work")
+        return saved["budget"]
+    if os.path.exists(out):
+        raise SystemExit(f"{out}: an unfinished pretraining run (no budget.json); remove it or use another --work")
+    return None
 
 
 def pretrain(args, work: str, tok: str, variant: str, steps: int, name: str = "") -> tuple[str, str]:
     """Prepares the variant's corpus, pretrains `steps` steps into `work`/pretrained_`name or variant`;
     returns (workdir, budget line). A finished run of the same settings is reused with the budget it
-    recorded."""
+    recorded (`recorded_budget`)."""
     from bert_jax.config.loading import load_config
     from bert_jax.data.pretraining_data import DataSettings, prepare_data
     from bert_jax.tasks.pretraining import train_and_evaluate
 
-    out = os.path.join(work, f"pretrained_{name or variant}")
-    settings = {"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab}
-    record = os.path.join(out, "budget.json")
-    if os.path.exists(record):
-        with open(record, encoding="utf-8") as f:
-            saved = json.load(f)
-        if {k: saved.get(k) for k in settings} != settings:
-            raise SystemExit(f"{out}: pretrained with {({k: saved.get(k) for k in settings})}, not {settings}; "
-                             f"use another --work")
-        print(f"{variant}: reusing {out}: {saved['budget']}", flush=True)
-        return out, saved["budget"]
-    if os.path.exists(out):  # resuming would time only the rest of the run
-        raise SystemExit(f"{out}: an unfinished pretraining run (no budget.json); remove it or use another --work")
-    data = os.path.join(work, f"data_{variant}")
+    name = name or variant
+    out = os.path.join(work, f"pretrained_{name}")
+    budget = recorded_budget(args, work, name, steps)
+    if budget:
+        print(f"{name}: reusing {out}: {budget}", flush=True)
+        return out, budget
     config = load_config(args.config)
+    data = os.path.join(work, f"data_{variant}_len{args.seq}_mask{config.data.mask_prob:g}")
     if not os.path.exists(os.path.join(data, "metadata.json")):  # a rerun with the same --work reuses it
         prepare_data([os.path.join(SHARED, f) for f in CORPORA[variant]], tok, data, DataSettings(
             max_seq_length=args.seq, pair_task="none", pack_sequences=True, mask_prob=config.data.mask_prob),
@@ -146,10 +166,31 @@ def pretrain(args, work: str, tok: str, variant: str, steps: int, name: str = ""
     budget = (f"{steps} steps of {config.train.global_batch_size} x {args.seq} in "
               f"{(time.time() - start) / 60:.1f} min on {os.cpu_count()} CPU cores (load {start_load} -> {load()}); "
               f"eval MLM accuracy {metrics.get('eval/mlm_acc', float('nan')):.3f}")
-    with open(record, "w", encoding="utf-8") as f:
-        json.dump(settings | {"budget": budget}, f)
-    print(f"{variant}: {budget}", flush=True)
+    with open(os.path.join(out, "budget.json"), "w", encoding="utf-8") as f:
+        json.dump({"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab, "budget": budget}, f)
+    print(f"{name}: {budget}", flush=True)
     return out, budget
+
+
+def check_before_work(args, work: str, models: list[str]) -> None:
+    """Every setting that would stop the run later, checked before anything is trained: the
+    recorded pretraining runs, the reused tokenizer's size and the fine-tuning lengths."""
+    from bert_jax.config.loading import load_config
+
+    for variant in models:
+        if variant != "random":
+            recorded_budget(args, work, variant, args.pretrain_steps)
+    tok = os.path.join(work, "tokenizer", "tokenizer.json")
+    if models and os.path.exists(tok):
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(tok).get_vocab_size()
+        if size != args.vocab:
+            raise SystemExit(f"--vocab {args.vocab}: {tok} (reused) has {size} pieces; use another --work")
+    positions = max(load_config(args.config).model.max_position_embeddings, args.seq)
+    if max(args.max_length) > positions:
+        raise SystemExit(f"--max-length {max(args.max_length)}: exceeds the model's {positions} positions "
+                         f"(the larger of --seq and --config's max_position_embeddings)")
 
 
 def fine_tune_once(args, init_dir: str, out: str, variant: str, lr: float, length: int, train: str,
@@ -203,6 +244,8 @@ def main() -> None:
         if not os.path.exists(os.path.join(SHARED, name)):
             raise SystemExit(f"{os.path.join(SHARED, name)}: not found (../shared/data)")
     work = args.work or tempfile.mkdtemp(prefix="bench-nsmc-")
+    models = [v for v in args.variants if v != "tfidf"]
+    check_before_work(args, work, models)
     os.makedirs(work, exist_ok=True)
     train, validation, test = split_labelled(work, args.train_examples)
     results, budgets = {}, {}
@@ -210,7 +253,6 @@ def main() -> None:
         results["tfidf"] = tfidf_baseline(train, validation, test)
         budgets["tfidf"] = results["tfidf"]["budget"]
         print(f"tfidf: test {results['tfidf']['test']:.4f} ({results['tfidf']['choice']})", flush=True)
-    models = [v for v in args.variants if v != "tfidf"]
     if models:
         from bert_jax.data import tokenizer_training
 
@@ -219,7 +261,7 @@ def main() -> None:
             tokenizer_training.train([os.path.join(SHARED, f) for f in CORPORA["both"]], tok, vocab_size=args.vocab)
         pretrained = {v: pretrain(args, work, tok, v, args.pretrain_steps) for v in models if v != "random"}
         for variant in models:
-            if variant == "random":  # the architecture of a pretrained variant (2 steps of one when none runs)
+            if variant == "random":  # the architecture of a pretrained variant (else 2 steps on the reviews)
                 init = next(iter(pretrained.values()), None) or pretrain(args, work, tok, "reviews", 2, "architecture")
                 budgets["random"] = "none"
                 results["random"] = fine_tune(args, init[0], work, "random", train, validation, test)
@@ -234,7 +276,7 @@ def main() -> None:
         for variant in (v for v in args.variants if v != "tfidf"):
             cells = [f"{r['validation']:.4f} (epoch {r['epoch']})" for r in results[variant]["grid"]]
             print(f"| {NAMES[variant]} | " + " | ".join(cells) + " |")
-    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epochs, batch 32, "
+    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 32, "
           f"lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, max length {' / '.join(map(str, args.max_length))}; "
           f"learning rate, length and epoch (C for TF-IDF) chosen on 2,000 validation reviews; "
           f"test on 5,000 once; work dir {work}")
