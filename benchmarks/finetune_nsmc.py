@@ -276,7 +276,8 @@ def main() -> None:
         for variant in (v for v in args.variants if v != "tfidf"):
             cells = [f"{r['validation']:.4f} (epoch {r['epoch']})" for r in results[variant]["grid"]]
             print(f"| {NAMES[variant]} | " + " | ".join(cells) + " |")
-    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 32, "
+    epochs = f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
+    print(f"\nfine-tuning on {args.train_examples:,} labelled reviews: {epochs}, batch 32, "
           f"lr {' / '.join(f'{lr:g}' for lr in args.ft_lr)}, max length {' / '.join(map(str, args.max_length))}; "
           f"learning rate, length and epoch (C for TF-IDF) chosen on 2,000 validation reviews; "
           f"test on 5,000 once; work dir {work}")
