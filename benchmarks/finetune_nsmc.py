@@ -4,7 +4,7 @@ TF-IDF + logistic-regression baseline, all on the same split.
 
     pip install -e ".[bench]"     # scikit-learn for the baseline
     python benchmarks/finetune_nsmc.py [--pretrain-steps 1000] [--config tiny_budget] [--seq 128]
-        [--ft-lr 2e-4 5e-4 1e-3] [--epochs 3] [--max-length 64] [--variants random wiki reviews both tfidf]
+        [--ft-lr 2e-4 5e-4 1e-3 2e-3] [--epochs 3] [--max-length 64] [--variants random wiki reviews both tfidf]
     # the README's 30-minute run: --pretrain-steps 6000 --seq 64 --epochs 3 --max-length 64 --work DIR
 
 Data (../shared/data): kowiki_docs_5MB.txt (Wikipedia, 4.9 MB), nsmc_unlabelled_reviews.txt
@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--seq", type=int, default=128, help="pretraining sequence length")
     parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--ft-lr", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3],
+    parser.add_argument("--ft-lr", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3, 2e-3],
                         help="fine-tuning peak learning rates tried per variant (chosen on validation)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-length", type=int, nargs="+", default=[64],
