@@ -114,12 +114,17 @@ def tfidf_baseline(train: str, validation: str, test: str) -> dict:
             "choice": f"C={best}", "budget": f"{time.time() - start:.0f} s fit (4 values of C)"}
 
 
+def pretrain_settings(args, steps: int) -> dict:
+    """What a pretraining run's budget.json records and a reuse must match, by flag."""
+    return {"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab}
+
+
 def recorded_budget(args, work: str, name: str, steps: int) -> str | None:
     """The budget line of a finished pretraining run in `work`/pretrained_`name` with these settings;
     None when there is no run. Exits with a one-line error naming the flags for a run of other
     settings or an unfinished run (resuming it would time only the rest)."""
     out = os.path.join(work, f"pretrained_{name}")
-    settings = {"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab}
+    settings = pretrain_settings(args, steps)
     flags = {"config": "--config", "steps": "--pretrain-steps", "seq": "--seq", "vocab": "--vocab"}
     record = os.path.join(out, "budget.json")
     if os.path.exists(record):
@@ -167,7 +172,7 @@ def pretrain(args, work: str, tok: str, variant: str, steps: int, name: str = ""
               f"{(time.time() - start) / 60:.1f} min on {os.cpu_count()} CPU cores (load {start_load} -> {load()}); "
               f"eval MLM accuracy {metrics.get('eval/mlm_acc', float('nan')):.3f}")
     with open(os.path.join(out, "budget.json"), "w", encoding="utf-8") as f:
-        json.dump({"config": args.config, "steps": steps, "seq": args.seq, "vocab": args.vocab, "budget": budget}, f)
+        json.dump(pretrain_settings(args, steps) | {"budget": budget}, f)
     print(f"{name}: {budget}", flush=True)
     return out, budget
 
@@ -180,11 +185,11 @@ def check_before_work(args, work: str, models: list[str]) -> None:
     for variant in models:
         if variant != "random":
             recorded_budget(args, work, variant, args.pretrain_steps)
-    tok = os.path.join(work, "tokenizer", "tokenizer.json")
-    if models and os.path.exists(tok):
-        from tokenizers import Tokenizer
+    tok = os.path.join(work, "tokenizer")
+    if models and os.path.exists(os.path.join(tok, "tokenizer.json")):
+        from bert_jax.data import tokenizer
 
-        size = Tokenizer.from_file(tok).get_vocab_size()
+        size = tokenizer.load(tok).vocab_size
         if size != args.vocab:
             raise SystemExit(f"--vocab {args.vocab}: {tok} (reused) has {size} pieces; use another --work")
     positions = max(load_config(args.config).model.max_position_embeddings, args.seq)
@@ -268,12 +273,12 @@ def main() -> None:
             else:
                 budgets[variant] = pretrained[variant][1]
                 results[variant] = fine_tune(args, pretrained[variant][0], work, variant, train, validation, test)
-    grid = [(lr, n) for lr, n in itertools.product(args.ft_lr, args.max_length)]
-    if any(v != "tfidf" for v in args.variants):
+    if models:
+        grid = list(itertools.product(args.ft_lr, args.max_length))  # the order of each variant's runs
         print("\nvalidation accuracy of every fine-tuning run (best epoch of each):")
         print("| initialisation | " + " | ".join(f"lr {lr:g}, length {n}" for lr, n in grid) + " |")
         print("|---|" + "---:|" * len(grid))
-        for variant in (v for v in args.variants if v != "tfidf"):
+        for variant in models:
             cells = [f"{r['validation']:.4f} (epoch {r['epoch']})" for r in results[variant]["grid"]]
             print(f"| {NAMES[variant]} | " + " | ".join(cells) + " |")
     epochs = f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
